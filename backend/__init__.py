@@ -1,0 +1,1 @@
+"""Concierge server: one-time phone credentials, parcels, keys and doors for rental properties."""

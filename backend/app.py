@@ -1,0 +1,100 @@
+"""``create_app(settings)``: the table of contents of the server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+import mobile_api
+from backend import health, kiosk_api, staff_api
+from backend.dependencies import provide_runtime, provide_session
+from backend.logs import request_id_middleware
+from backend.problems import exception_handlers
+from backend.runtime import Runtime
+from backend.settings import Settings
+
+# Hooks other packages register to start and stop their background work with the server.
+StartupHook = Callable[[Litestar, Runtime], Awaitable[None]]
+STARTUP_HOOKS: list[StartupHook] = []
+
+
+def _openapi() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Concierge API",
+        version="1.0.0",
+        description=(
+            "Smart lockers and building doors: phone apps (residents, vendors), staff consoles and "
+            "kiosks. Every error is application/problem+json with a stable `code`."
+        ),
+        path="/schema",
+        render_plugins=[SwaggerRenderPlugin(path="/")],
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http", scheme="bearer", bearer_format="JWT", description="Access token"
+                ),
+                "kiosk_assertion": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    bearer_format="JWT",
+                    description="Kiosk assertion signed by the kiosk's Ed25519 key (kiosk-auth+jwt)",
+                ),
+            }
+        ),
+    )
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Litestar:
+    """A new application; each call builds fresh state (tests start several)."""
+    settings = settings or Settings()
+    runtime = runtime or Runtime.create(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        try:
+            for hook in STARTUP_HOOKS:
+                await hook(app, runtime)
+            yield
+        finally:
+            for task in runtime.background:
+                task.cancel()
+            for closer in reversed(runtime.extensions.get("closers", [])):
+                await closer()
+            await runtime.db.dispose()
+
+    return Litestar(
+        route_handlers=[
+            *health.handlers,
+            mobile_api.build_router(),
+            staff_api.build_router(),
+            kiosk_api.build_router(),
+            *_extra_handlers(),
+        ],
+        dependencies={
+            "runtime": Provide(provide_runtime, sync_to_thread=False),
+            "session": Provide(provide_session),
+        },
+        exception_handlers=exception_handlers,
+        middleware=[request_id_middleware],
+        openapi_config=_openapi(),
+        request_max_body_size=settings.max_body_bytes,
+        state=State({"runtime": runtime}),
+        lifespan=[lifespan],
+        debug=False,
+    )
+
+
+# Routers of features that live outside the four API packages (realtime, well-known keys).
+EXTRA_HANDLERS: list[Any] = []
+
+
+def _extra_handlers() -> list[Any]:
+    return list(EXTRA_HANDLERS)

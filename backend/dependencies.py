@@ -1,0 +1,81 @@
+"""Request-scoped dependencies: the runtime, the unit-of-work session, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from backend import errors
+from backend.auth import Actor, authenticate, bearer_token
+from backend.models import Kiosk
+from backend.models.base import utcnow
+from backend.runtime import Runtime
+from backend.services.kiosks import authenticate_kiosk
+
+
+# Explicit dependency markers for handler signatures (Litestar 2.25 deprecates inferred ones).
+RuntimeDep = NamedDependency[Runtime]
+SessionDep = NamedDependency[AsyncSession]
+ActorDep = NamedDependency[Actor]
+KioskDep = NamedDependency[Kiosk]
+
+
+def provide_runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
+    """The request's unit of work: committed before the response is sent, else rolled back."""
+    runtime: Runtime = state.runtime
+    async with runtime.db.sessions() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()
+
+
+async def provide_user(
+    request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep
+) -> Actor:
+    """Any signed-in user (``GET /v1/me``, devices, auth)."""
+    return await authenticate(runtime, session, bearer_token(request))
+
+
+async def provide_app_user(
+    request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep
+) -> Actor:
+    """Phone-app audience: residents and vendors (and staff using the app)."""
+    actor = await authenticate(runtime, session, bearer_token(request))
+    if not (actor.is_admin or actor.has_role("resident", "vendor", "staff")):
+        raise errors.Forbidden("This API is for residents and vendors")
+    return actor
+
+
+async def provide_staff(
+    request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep
+) -> Actor:
+    """Staff audience: staff of at least one property, or an admin."""
+    actor = await authenticate(runtime, session, bearer_token(request))
+    if not (actor.is_admin or actor.staff_property_ids):
+        raise errors.Forbidden("This API is for property staff")
+    return actor
+
+
+async def provide_kiosk(
+    request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep
+) -> Kiosk:
+    """The kiosk whose own key signed this request's assertion."""
+    try:
+        assertion = bearer_token(request)
+    except errors.NotAuthenticated:
+        raise errors.InvalidKioskAssertion("Kiosk assertion missing") from None
+    return await authenticate_kiosk(session, runtime, assertion, utcnow())

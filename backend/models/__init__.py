@@ -1,0 +1,23 @@
+"""All tables; importing this module registers every table on ``SQLModel.metadata``."""
+
+from backend.models.event import Event, Outbox
+from backend.models.kiosk import Compartment, Kiosk, KioskAssertionUse
+from backend.models.property import Door, Property, Unit
+from backend.models.user import Device, Invitation, LoginFailure, Membership, RefreshToken, User
+
+__all__ = [
+    "Compartment",
+    "Device",
+    "Door",
+    "Event",
+    "Invitation",
+    "Kiosk",
+    "KioskAssertionUse",
+    "LoginFailure",
+    "Membership",
+    "Outbox",
+    "Property",
+    "RefreshToken",
+    "Unit",
+    "User",
+]

@@ -1,0 +1,19 @@
+"""The staff router: every handler below requires a staff or admin caller."""
+
+from __future__ import annotations
+
+from litestar import Router
+from litestar.di import Provide
+
+from backend.dependencies import provide_staff
+from backend.staff_api import audit, kiosks, properties
+
+
+def build_router() -> Router:
+    return Router(
+        path="/v1/staff",
+        route_handlers=[*properties.handlers, *kiosks.handlers, *audit.handlers],
+        dependencies={"actor": Provide(provide_staff)},
+        tags=["staff"],
+        security=[{"bearer": []}],
+    )

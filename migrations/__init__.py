@@ -1,0 +1,1 @@
+"""Alembic migrations; ``concierge migrate`` applies them (``backend.migrate``)."""
