@@ -17,6 +17,7 @@ import mobile_api
 from backend import health, kiosk_api, staff_api
 from backend.dependencies import provide_runtime, provide_session
 from backend.logs import request_id_middleware
+from backend.openapi_strict import StrictStructSchemaPlugin
 from backend.problems import exception_handlers
 from backend.runtime import Runtime
 from backend.settings import Settings
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         exception_handlers=exception_handlers,
         middleware=[request_id_middleware],
         openapi_config=_openapi(),
+        plugins=[StrictStructSchemaPlugin()],
         request_max_body_size=settings.max_body_bytes,
         state=State({"runtime": runtime}),
         lifespan=[lifespan],
