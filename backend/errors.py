@@ -74,3 +74,11 @@ TooManyAttempts = _error("TooManyAttempts", 429, "too_many_attempts", "Too many 
 ServiceUnavailable = _error(
     "ServiceUnavailable", 503, "service_unavailable", "Temporarily unavailable"
 )
+# Parcels (issue 4)
+NoCompartmentFits = _error(
+    "NoCompartmentFits", 409, "no_compartment_fits", "No free compartment of that size"
+)
+UnknownUnit = _error("UnknownUnit", 404, "unknown_unit", "No unit with that label here")
+ParcelStateConflict = _error(
+    "ParcelStateConflict", 409, "parcel_state_conflict", "The parcel is not in a state for that"
+)

@@ -2,11 +2,16 @@
 
 from backend.models.event import Event, Outbox
 from backend.models.kiosk import Compartment, Kiosk, KioskAssertionUse
+from backend.models.parcel import DeliveryHold, JobLease, Parcel, PinAttempt
 from backend.models.property import Door, Property, Unit
 from backend.models.user import Device, Invitation, LoginFailure, Membership, RefreshToken, User
 
 __all__ = [
     "Compartment",
+    "DeliveryHold",
+    "JobLease",
+    "Parcel",
+    "PinAttempt",
     "Device",
     "Door",
     "Event",
