@@ -74,6 +74,33 @@ TooManyAttempts = _error("TooManyAttempts", 429, "too_many_attempts", "Too many 
 ServiceUnavailable = _error(
     "ServiceUnavailable", 503, "service_unavailable", "Temporarily unavailable"
 )
+# Vendor visits, keys, override, emergency (issue 7)
+OutsideAccessWindow = _error(
+    "OutsideAccessWindow", 403, "outside_access_window", "Outside the visit's access window"
+)
+InvalidWindow = _error("InvalidWindow", 400, "invalid_window", "The window ends before it starts")
+WindowInPast = _error("WindowInPast", 400, "window_in_past", "The window is in the past")
+RecurrenceNeverOccurs = _error(
+    "RecurrenceNeverOccurs", 400, "recurrence_never_occurs", "The recurring rule never occurs"
+)
+NothingToOpen = _error("NothingToOpen", 409, "nothing_to_open", "The visit opens nothing now")
+WorkOrderClosed = _error(
+    "WorkOrderClosed", 409, "work_order_closed", "The visit is cancelled or completed"
+)
+KeyCheckedOut = _error("KeyCheckedOut", 409, "key_checked_out", "The key is checked out")
+KeyUnavailable = _error("KeyUnavailable", 409, "key_unavailable", "The key is not available")
+CompartmentOccupied = _error(
+    "CompartmentOccupied", 409, "compartment_occupied", "The compartment is not free"
+)
+NotAKeyCompartment = _error(
+    "NotAKeyCompartment", 409, "not_a_key_compartment", "Keys go in key compartments only"
+)
+EmergencyNotPermitted = _error(
+    "EmergencyNotPermitted", 403, "emergency_not_permitted", "No emergency access permission"
+)
+ApprovalRequired = _error(
+    "ApprovalRequired", 409, "approval_required", "A second staff member must approve first"
+)
 # Parcels (issue 4)
 NoCompartmentFits = _error(
     "NoCompartmentFits", 409, "no_compartment_fits", "No free compartment of that size"

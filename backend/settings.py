@@ -125,6 +125,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     policy_interval_seconds: Annotated[
         float, _doc("How often the policy engine runs inside the server")
     ] = 60.0
+    key_overdue_repeat_seconds: Annotated[
+        int, _doc("How often a key.overdue alert repeats until the key is back")
+    ] = 3600
+    door_held_open_repeat_seconds: Annotated[
+        int, _doc("How often a door.held_open alert repeats while the door stays open")
+    ] = 300
+    emergency_credential_ttl_seconds: Annotated[
+        int, _doc("Validity of a break-glass emergency credential")
+    ] = 900
+    override_ack_timeout_seconds: Annotated[
+        float, _doc("How long a manual override waits for the kiosk's acknowledgement")
+    ] = 10.0
     json_logs: Annotated[bool, _doc("Log as JSON lines with a request id")] = False
     log_level: Annotated[str, _doc("Log level")] = "INFO"
 
