@@ -17,14 +17,16 @@ import mobile_api
 from backend import health, kiosk_api, staff_api
 from backend.dependencies import provide_runtime, provide_session
 from backend.logs import request_id_middleware
-from backend.openapi_strict import StrictStructSchemaPlugin
+from backend.openapi_strict import StrictStructSchemaPlugin, finish_openapi
 from backend.problems import exception_handlers
 from backend.runtime import Runtime
 from backend.settings import Settings
+from push.dispatcher import start_push_dispatcher
 
 # Hooks other packages register to start and stop their background work with the server.
 StartupHook = Callable[[Litestar, Runtime], Awaitable[None]]
 STARTUP_HOOKS: list[StartupHook] = []
+STARTUP_HOOKS.append(start_push_dispatcher)
 
 
 def _openapi() -> OpenAPIConfig:
@@ -71,7 +73,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 await closer()
             await runtime.db.dispose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *health.handlers,
             mobile_api.build_router(),
@@ -92,6 +94,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         lifespan=[lifespan],
         debug=False,
     )
+    finish_openapi(app)
+    return app
 
 
 # Routers of features that live outside the four API packages (realtime, well-known keys).
