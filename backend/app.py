@@ -14,12 +14,13 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 import mobile_api
-from backend import health, kiosk_api, staff_api
+from backend import health, jwks, kiosk_api, staff_api
 from backend.dependencies import provide_runtime, provide_session
 from backend.logs import request_id_middleware
 from backend.openapi_strict import StrictStructSchemaPlugin, finish_openapi
 from backend.problems import exception_handlers
 from backend.runtime import Runtime
+from backend.services import parcels, policy
 from backend.settings import Settings
 from push.dispatcher import start_push_dispatcher
 
@@ -27,6 +28,9 @@ from push.dispatcher import start_push_dispatcher
 StartupHook = Callable[[Litestar, Runtime], Awaitable[None]]
 STARTUP_HOOKS: list[StartupHook] = []
 STARTUP_HOOKS.append(start_push_dispatcher)
+STARTUP_HOOKS.append(jwks.ensure_signing_keys)
+STARTUP_HOOKS.append(parcels.on_startup)
+STARTUP_HOOKS.append(policy.start_policy_scheduler)
 
 
 def _openapi() -> OpenAPIConfig:
@@ -76,6 +80,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = Litestar(
         route_handlers=[
             *health.handlers,
+            *jwks.handlers,
             mobile_api.build_router(),
             staff_api.build_router(),
             kiosk_api.build_router(),

@@ -12,14 +12,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from backend import logs
+from backend import keys_cli, logs
 from backend.settings import Settings
+from push import cli as push_cli
 
 # Feature packages register subcommands: name -> (configure parser, run(args, settings) -> exit code)
 Command = tuple[
     Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, Settings], int]
 ]
 COMMANDS: dict[str, Command] = {}
+COMMANDS["worker"] = (push_cli.configure, push_cli.run)
+COMMANDS["keys"] = (keys_cli.configure, keys_cli.run)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -57,9 +60,10 @@ def _migrate(_: argparse.Namespace, settings: Settings) -> int:
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.story:
-        from backend.story import play_story
+        from backend.story import play_story  # type: ignore[import-not-found,unused-ignore]
 
-        return play_story(settings)
+        story_exit: int = play_story(settings)
+        return story_exit
     from backend.demo import seed_demo
     from backend.migrate import upgrade
     from backend.runtime import Runtime

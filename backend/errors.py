@@ -109,3 +109,12 @@ UnknownUnit = _error("UnknownUnit", 404, "unknown_unit", "No unit with that labe
 ParcelStateConflict = _error(
     "ParcelStateConflict", 409, "parcel_state_conflict", "The parcel is not in a state for that"
 )
+# Push notifications (issue 6)
+PreferenceLocked = _error(
+    "PreferenceLocked", 409, "preference_locked", "Security alerts cannot be turned off for staff"
+)
+# Credentials and revocation (issue 3)
+AccessRevoked = _error("AccessRevoked", 403, "access_revoked", "Access was revoked")
+KioskOffline = _error(
+    "KioskOffline", 409, "kiosk_offline", "The kiosk is not connected or did not acknowledge"
+)

@@ -99,6 +99,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_resume_max_events: Annotated[
         int, _doc("Largest replay on resume before the client must refetch")
     ] = 1000
+    ws_recheck_seconds: Annotated[
+        float, _doc("How often an open websocket re-checks its user's access in the database")
+    ] = 60.0
+    realtime_poll_seconds: Annotated[
+        float, _doc("How often the realtime relay polls the Event table for missed events")
+    ] = 0.5
+    redis_channel_prefix: Annotated[
+        str, _doc("Prefix of the Redis channels and keys used by realtime fan-out")
+    ] = "concierge"
     kiosk_offline_grace_seconds: Annotated[
         float, _doc("Grace before a disconnected kiosk is reported offline")
     ] = 30.0
@@ -119,6 +128,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outbox_max_age_seconds: Annotated[
         int, _doc("Age after which a retrying notification is marked failed")
     ] = 86400
+    outbox_lease_seconds: Annotated[
+        float, _doc("How long a push worker owns claimed notifications before others may retry")
+    ] = 120.0
+    outbox_batch_size: Annotated[
+        int, _doc("Notifications a push worker claims and sends per round (at most 500)")
+    ] = 100
+    outbox_retry_base_seconds: Annotated[
+        float, _doc("First retry delay of a failed push; doubles per attempt, with jitter")
+    ] = 5.0
     background_jobs: Annotated[
         bool, _doc("Run the outbox dispatcher and policy jobs inside the server")
     ] = True

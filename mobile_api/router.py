@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from litestar import Router
 
-from mobile_api import accounts
+from mobile_api import accounts, credentials, parcels
+from mobile_api import notifications as push_preferences
 
 
 def build_router() -> Router:
     return Router(
         path="/v1",
-        route_handlers=[*accounts.handlers],
+        route_handlers=[
+            *accounts.handlers,
+            *credentials.handlers,
+            *parcels.handlers,
+            *push_preferences.handlers,
+        ],
         tags=["phone apps"],
         security=[{"bearer": []}],
     )

@@ -6,13 +6,22 @@ from litestar import Router
 from litestar.di import Provide
 
 from backend.dependencies import provide_staff
-from backend.staff_api import audit, kiosks, properties
+from backend.staff_api import audit, kiosks, properties, revocations
+from backend.staff_api import parcels as parcel_handlers
+from backend.staff_api import notifications as push_notifications
 
 
 def build_router() -> Router:
     return Router(
         path="/v1/staff",
-        route_handlers=[*properties.handlers, *kiosks.handlers, *audit.handlers],
+        route_handlers=[
+            *properties.handlers,
+            *kiosks.handlers,
+            *audit.handlers,
+            *parcel_handlers.handlers,
+            *revocations.handlers,
+            *push_notifications.handlers,
+        ],
         dependencies={"actor": Provide(provide_staff)},
         tags=["staff"],
         security=[{"bearer": []}],

@@ -1,0 +1,49 @@
+"""``concierge worker``: the push dispatcher as its own process (several may run at once).
+
+``--once`` drains what is due now and exits, printing one JSON summary line. Without it, the
+worker polls until SIGTERM or SIGINT, then finishes its current round and exits 0; a worker
+killed outright loses nothing (its leased notifications are re-sent after the lease expires).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+
+from backend.settings import Settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Send push notifications from the outbox (FCM or the log sender)"
+    parser.add_argument("--once", action="store_true", help="send what is due now, then exit")
+
+
+async def _main(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.runtime import Runtime
+    from push.dispatcher import Dispatcher
+    from push.senders import make_sender
+
+    runtime = Runtime.create(settings)
+    sender = make_sender(settings)
+    dispatcher = Dispatcher(runtime, sender)
+    try:
+        if args.once:
+            report = await dispatcher.drain()
+            print(json.dumps(report.as_dict(), sort_keys=True), flush=True)
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        print(json.dumps({"worker": "started", "sender": type(sender).__name__}), flush=True)
+        await dispatcher.run(stop)
+        return 0
+    finally:
+        await sender.close()
+        await runtime.db.dispose()
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_main(args, settings))

@@ -1,0 +1,475 @@
+"""The push dispatcher: outbox rows in, FCM messages out, at least once.
+
+Invariants:
+- A notification exists only if its event committed: ``record_event`` writes the ``push``
+  Outbox row in the domain transaction. ``expand`` turns a claimed row into one
+  ``PushDelivery`` per entitled device in one short transaction (no network inside it), with
+  ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite: the write lock of ``BEGIN IMMEDIATE``).
+- Sending never holds a row lock. ``claim`` leases due deliveries to this worker (``lease_until``)
+  under a fresh fencing token (``lease_token``) and commits; then the batch is sent; then
+  ``record`` writes each outcome only where the token still holds. A worker that dies (or
+  freezes) mid-batch loses its lease and another worker re-sends those rows after it expires:
+  nothing is lost, and a frozen worker waking up late cannot overwrite the newer outcome.
+- A re-send carries the same collapse key (Android ``collapse_key``/``tag``, APNs
+  ``apns-collapse-id``, data ``notification_id``), so a phone shows it once.
+- Retryable failures back off exponentially with jitter (honouring ``Retry-After``) until
+  ``outbox_max_age_seconds`` after the delivery was due, then the delivery is ``failed`` (staff
+  see it). Permanent failures disable that device's push token at once; never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+import backend.models as models
+from backend.crypto import fingerprint
+from backend.models import Compartment, Device, Door, Event, Kiosk, Outbox, Property, Unit
+from backend.models.base import new_id, utcnow
+from backend.models.push import PushDelivery
+from backend.runtime import Runtime
+from push import messages, preferences, recipients
+from push.senders import Outcome, Outgoing, Sender, make_sender
+
+log = logging.getLogger("concierge.push")
+
+MAX_BACKOFF_SECONDS = 3600.0
+TERMINAL = ("sent", "failed", "invalid_token", "cancelled")
+
+
+@dataclass
+class Claim:
+    delivery_id: int
+    outbox_id: int
+    event_id: int
+    lease_token: str
+    device_id: str
+    token: str
+    attempts: int
+    due_at: datetime
+
+
+@dataclass
+class RoundReport:
+    expanded: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    invalid_tokens: int = 0
+    lost_leases: int = 0
+    cancelled: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @property
+    def work(self) -> int:
+        return (
+            self.expanded
+            + self.sent
+            + self.retrying
+            + self.failed
+            + self.invalid_tokens
+            + self.cancelled
+            + self.lost_leases
+        )
+
+
+async def _labels(session: AsyncSession, event: Event) -> dict[str, str]:
+    """Display names for the ids an event names (never anything else from its payload)."""
+    payload = event.payload or {}
+    labels: dict[str, str] = {}
+    lookups: list[tuple[str, Any, str, str]] = [
+        ("compartment", Compartment, "compartment_id", "label"),
+        ("kiosk", Kiosk, "kiosk_id", "name"),
+        ("door", Door, "door_id", "name"),
+        ("unit", Unit, "unit_id", "label"),
+    ]
+    key_model = getattr(models, "KeyItem", None)
+    if key_model is not None:
+        lookups.append(("key", key_model, "key_id", "label"))
+    for name, model, id_field, attribute in lookups:
+        object_id = payload.get(id_field) or (event.unit_id if id_field == "unit_id" else None)
+        if not isinstance(object_id, str):
+            continue
+        row = await session.get(model, object_id)
+        # Compartments have no property column; everything else must be the event's property.
+        if row is not None and getattr(row, "property_id", event.property_id) == event.property_id:
+            labels[name] = str(getattr(row, attribute))
+    return labels
+
+
+class Dispatcher:
+    """One worker's view of the push outbox; many may run against one database."""
+
+    def __init__(self, runtime: Runtime, sender: Sender) -> None:
+        self.runtime = runtime
+        self.sender = sender
+        settings = runtime.settings
+        self.batch_size = max(1, min(500, settings.outbox_batch_size))
+        self.lease = timedelta(seconds=settings.outbox_lease_seconds)
+        self.max_age = timedelta(seconds=settings.outbox_max_age_seconds)
+        self.retry_base = max(0.0, settings.outbox_retry_base_seconds)
+
+    # -- expansion: outbox row -> deliveries (one short transaction, no network) ----------
+    async def expand(self, now: datetime) -> int:
+        async with self.runtime.db.session() as session:
+            rows = list(
+                (
+                    await session.exec(
+                        select(Outbox)
+                        .where(
+                            Outbox.topic == "push",
+                            Outbox.state == "pending",
+                            col(Outbox.next_attempt_at) <= now,
+                        )
+                        .order_by(col(Outbox.id))
+                        .limit(self.batch_size)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).all()
+            )
+            for row in rows:
+                await self._expand_one(session, row, now)
+            return len(rows)
+
+    async def _expand_one(self, session: AsyncSession, row: Outbox, now: datetime) -> None:
+        assert row.id is not None
+        event = await session.get(Event, row.event_id) if row.event_id is not None else None
+        template = messages.TEMPLATES.get(event.type) if event is not None else None
+        row.attempts += 1
+        row.done_at = now
+        if event is None or event.id is None or template is None:
+            row.state, row.last_error = "skipped", "no_template"
+            session.add(row)
+            return
+        due = now
+        if template.category == "reminder":
+            prop = await session.get(Property, event.property_id)
+            quiet_end = preferences.quiet_hours_end(prop, now) if prop is not None else None
+            due = quiet_end or now
+        created = 0
+        for person in await recipients.recipients(session, event, template):
+            if not await preferences.wants_push(
+                session, person.user_id, event.type, template, person.is_staff
+            ):
+                continue
+            for device in await recipients.push_devices(session, [person.user_id]):
+                session.add(
+                    PushDelivery(
+                        outbox_id=row.id,
+                        event_id=event.id,
+                        property_id=event.property_id,
+                        event_type=event.type,
+                        user_id=person.user_id,
+                        device_id=device.id,
+                        collapse_key=messages.collapse_key(event.id),
+                        due_at=due,
+                        next_attempt_at=due,
+                        token_fingerprint=fingerprint(device.push_token or ""),
+                        created_at=now,
+                    )
+                )
+                created += 1
+        if created:
+            row.state, row.done_at = "delivering", None
+        else:
+            row.state, row.last_error = "skipped", "no_recipients"
+        session.add(row)
+        await session.flush()
+
+    # -- claim: lease due deliveries under a fresh fencing token, commit --------------------
+    async def claim(
+        self, now: datetime, report: RoundReport
+    ) -> tuple[list[Claim], dict[int, messages.Notice]]:
+        """Lease up to a batch of due deliveries; returns them with their notices by event id."""
+        token = new_id()
+        async with self.runtime.db.session() as session:
+            ids = list(
+                (
+                    await session.exec(
+                        select(PushDelivery.id)
+                        .where(
+                            PushDelivery.state == "pending",
+                            col(PushDelivery.next_attempt_at) <= now,
+                            (col(PushDelivery.lease_until).is_(None))
+                            | (col(PushDelivery.lease_until) <= now),
+                        )
+                        .order_by(col(PushDelivery.next_attempt_at), col(PushDelivery.id))
+                        .limit(self.batch_size)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).all()
+            )
+            if not ids:
+                return [], {}
+            await session.exec(
+                update(PushDelivery)
+                .where(col(PushDelivery.id).in_(ids))
+                .values(
+                    lease_token=token,
+                    lease_until=now + self.lease,
+                    attempts=PushDelivery.attempts + 1,
+                )
+            )
+            rows = (
+                await session.exec(
+                    select(PushDelivery, Device)
+                    .join(Device, col(Device.id) == col(PushDelivery.device_id))
+                    .where(col(PushDelivery.id).in_(ids))
+                    .order_by(col(PushDelivery.id))
+                )
+            ).all()
+            claims: list[Claim] = []
+            notices: dict[int, messages.Notice] = {}
+            cancelled: set[int] = set()
+            for delivery, device in rows:
+                assert delivery.id is not None
+                usable = (
+                    device.revoked_at is None
+                    and device.push_token is not None
+                    and device.push_token_disabled_at is None
+                )
+                if not usable:
+                    delivery.state, delivery.last_error = "cancelled", "token_disabled"
+                    delivery.done_at, delivery.lease_until = now, None
+                    session.add(delivery)
+                    cancelled.add(delivery.outbox_id)
+                    continue
+                assert device.push_token is not None
+                if delivery.event_id not in notices:
+                    event = await session.get(Event, delivery.event_id)
+                    if event is None or event.type not in messages.TEMPLATES:
+                        delivery.state, delivery.last_error = "cancelled", "no_template"
+                        delivery.done_at, delivery.lease_until = now, None
+                        session.add(delivery)
+                        cancelled.add(delivery.outbox_id)
+                        continue
+                    notices[delivery.event_id] = messages.build_notice(
+                        event_id=delivery.event_id,
+                        event_type=event.type,
+                        property_id=event.property_id,
+                        payload=event.payload or {},
+                        labels=await _labels(session, event),
+                    )
+                claims.append(
+                    Claim(
+                        delivery.id,
+                        delivery.outbox_id,
+                        delivery.event_id,
+                        token,
+                        device.id,
+                        device.push_token,
+                        delivery.attempts,
+                        delivery.due_at,
+                    )
+                )
+                if device.push_token and fingerprint(device.push_token) != (
+                    delivery.token_fingerprint
+                ):
+                    delivery.token_fingerprint = fingerprint(device.push_token)
+                    session.add(delivery)
+            if cancelled:
+                await session.flush()
+                await self._settle(session, cancelled, now)
+        report.cancelled += sum(1 for d, _ in rows if d.state == "cancelled")
+        return claims, notices
+
+    # -- record: outcomes only where our fencing token still holds ---------------------------
+    async def record(
+        self, claims: list[Claim], outcomes: list[Outcome], now: datetime, report: RoundReport
+    ) -> None:
+        async with self.runtime.db.session() as session:
+            touched: set[int] = set()
+            for claim, outcome in zip(claims, outcomes, strict=True):
+                values = self._next_state(claim, outcome, now, report)
+                result = await session.exec(
+                    update(PushDelivery)
+                    .where(
+                        col(PushDelivery.id) == claim.delivery_id,
+                        col(PushDelivery.lease_token) == claim.lease_token,
+                        col(PushDelivery.state) == "pending",
+                    )
+                    .values(**values)
+                )
+                if result.rowcount == 0:
+                    report.lost_leases += 1
+                    log.warning("push.lease_lost", extra={"delivery_id": claim.delivery_id})
+                    continue
+                if outcome.permanent:
+                    # Only the token we sent to: the phone may have registered a new one since.
+                    await session.exec(
+                        update(Device)
+                        .where(
+                            col(Device.id) == claim.device_id,
+                            col(Device.push_token) == claim.token,
+                            col(Device.push_token_disabled_at).is_(None),
+                        )
+                        .values(push_token_disabled_at=now)
+                    )
+                    log.info(
+                        "push.token_disabled",
+                        extra={
+                            "device_id": claim.device_id,
+                            "token_fingerprint": fingerprint(claim.token),
+                            "error": outcome.error,
+                        },
+                    )
+                if values["state"] != "pending":
+                    touched.add(claim.outbox_id)
+            await self._settle(session, touched, now)
+
+    def _next_state(
+        self, claim: Claim, outcome: Outcome, now: datetime, report: RoundReport
+    ) -> dict[str, Any]:
+        done = {"lease_token": None, "lease_until": None, "done_at": now}
+        if outcome.ok:
+            report.sent += 1
+            return {"state": "sent", "message_id": outcome.message_id, "last_error": None, **done}
+        if outcome.permanent:
+            report.invalid_tokens += 1
+            return {"state": "invalid_token", "last_error": outcome.error, **done}
+        step = min(MAX_BACKOFF_SECONDS, self.retry_base * 2 ** max(0, claim.attempts - 1))
+        delay = step / 2 + random.uniform(0, step / 2)  # equal jitter: spread, never zero
+        if outcome.retry_after is not None:
+            delay = max(delay, outcome.retry_after)
+        next_attempt = now + timedelta(seconds=delay)
+        if next_attempt > claim.due_at + self.max_age:
+            report.failed += 1
+            return {"state": "failed", "last_error": outcome.error, **done}
+        report.retrying += 1
+        return {
+            "state": "pending",
+            "last_error": outcome.error,
+            "next_attempt_at": next_attempt,
+            "lease_token": None,
+            "lease_until": None,
+        }
+
+    async def _settle(self, session: AsyncSession, outbox_ids: set[int], now: datetime) -> None:
+        """Set each notification's overall state once none of its deliveries is pending.
+
+        The outbox row is locked first (in id order), so two workers finishing the last two
+        deliveries of one notification at once cannot both miss the other's result.
+        """
+        for outbox_id in sorted(outbox_ids):
+            row = (
+                await session.exec(select(Outbox).where(Outbox.id == outbox_id).with_for_update())
+            ).first()
+            if row is None or row.state != "delivering":
+                continue
+            counts = dict(
+                (
+                    await session.exec(
+                        select(PushDelivery.state, func.count())
+                        .where(PushDelivery.outbox_id == outbox_id)
+                        .group_by(col(PushDelivery.state))
+                    )
+                ).all()
+            )
+            if counts.get("pending"):
+                continue
+            if counts.get("failed"):
+                row.state, row.last_error = "failed", "retries_exhausted"
+            elif counts.get("sent"):
+                row.state, row.last_error = "sent", None
+            else:
+                row.state, row.last_error = "failed", "no_device_reached"
+            row.done_at = now
+            session.add(row)
+        await session.flush()
+
+    # -- one round, and the loop ------------------------------------------------------------
+    async def run_once(self, now: datetime | None = None) -> RoundReport:
+        """Expand due notifications, then claim, send and record one batch of deliveries."""
+        report = RoundReport()
+        now = now or utcnow()
+        report.expanded = await self.expand(now)
+        claims, notices = await self.claim(now, report)
+        if not claims:
+            return report
+        batch = [
+            Outgoing(
+                c.delivery_id,
+                c.token,
+                messages.fcm_message(
+                    notices[c.event_id],
+                    c.token,
+                    expires_at_epoch=int((now + notices[c.event_id].template.ttl).timestamp()),
+                ),
+            )
+            for c in claims
+        ]
+        outcomes = await self.sender.send(batch)
+        # Outcomes are judged at the time they arrive (a long send must not look early).
+        await self.record(claims, outcomes, max(now, utcnow()), report)
+        return report
+
+    async def drain(self, now: datetime | None = None, max_rounds: int = 1000) -> RoundReport:
+        """Run rounds until nothing is due (tests, ``concierge worker --once``)."""
+        total = RoundReport()
+        for _ in range(max_rounds):
+            report = await self.run_once(now)
+            for name in (
+                "expanded",
+                "sent",
+                "retrying",
+                "failed",
+                "invalid_tokens",
+                "lost_leases",
+                "cancelled",
+            ):
+                setattr(total, name, getattr(total, name) + getattr(report, name))
+            if report.work == 0:
+                break
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; a failing round is logged and retried after a pause."""
+        poll = self.runtime.settings.outbox_poll_seconds
+        while not stop.is_set():
+            try:
+                report = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("push.round_failed")
+                report = RoundReport()
+                await _sleep_or_stop(stop, max(poll, 1.0))
+                continue
+            if report.work == 0:
+                await _sleep_or_stop(stop, poll)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def start_push_dispatcher(app: Any, runtime: Runtime) -> None:
+    """Server startup hook: run the dispatcher in the background (if background jobs are on)."""
+    if not runtime.settings.background_jobs:
+        return
+    sender = make_sender(runtime.settings)
+    dispatcher = Dispatcher(runtime, sender)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop), name="push-dispatcher")
+    runtime.background.append(task)
+    runtime.extensions["push_dispatcher"] = dispatcher
+
+    async def close() -> None:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await sender.close()
+
+    runtime.extensions.setdefault("closers", []).append(close)
