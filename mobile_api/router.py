@@ -6,6 +6,7 @@ from litestar import Router
 
 from mobile_api import accounts, credentials, parcels
 from mobile_api import notifications as push_preferences
+from mobile_api import work_orders as visits
 
 
 def build_router() -> Router:
@@ -16,6 +17,7 @@ def build_router() -> Router:
             *credentials.handlers,
             *parcels.handlers,
             *push_preferences.handlers,
+            *visits.handlers,
         ],
         tags=["phone apps"],
         security=[{"bearer": []}],

@@ -9,6 +9,7 @@ from backend.dependencies import provide_staff
 from backend.staff_api import audit, kiosks, properties, revocations
 from backend.staff_api import parcels as parcel_handlers
 from backend.staff_api import notifications as push_notifications
+from backend.staff_api import commands, emergency, keys, work_orders
 
 
 def build_router() -> Router:
@@ -21,6 +22,10 @@ def build_router() -> Router:
             *parcel_handlers.handlers,
             *revocations.handlers,
             *push_notifications.handlers,
+            *work_orders.handlers,
+            *keys.handlers,
+            *commands.handlers,
+            *emergency.handlers,
         ],
         dependencies={"actor": Provide(provide_staff)},
         tags=["staff"],
