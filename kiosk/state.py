@@ -61,11 +61,15 @@ def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
         return key
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
+    save_key(state_dir, key)
+    return key
+
+
+def save_key(state_dir: Path, key: Ed25519PrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_private(path, pem)
-    return key
+    _write_private(state_dir / KEY_FILE, pem)
 
 
 class KioskState:
@@ -104,6 +108,8 @@ class KioskState:
     ) -> KioskState:
         directory = Path(state_dir)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not (directory / KEY_FILE).exists():
+            save_key(directory, key)
         tmp = directory / (CONFIG_FILE + ".tmp")
         tmp.write_text(json.dumps(asdict(config), indent=2), encoding="utf-8")
         tmp.replace(directory / CONFIG_FILE)
