@@ -106,6 +106,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 # Routers of features that live outside the four API packages (realtime, well-known keys).
 EXTRA_HANDLERS: list[Any] = []
 
+# Realtime: WS /v1/realtime and WS /v1/kiosk/channel; the relay starts with the server.
+from realtime import kiosk_channel as _kiosk_channel  # noqa: E402
+from realtime import relay as _realtime_relay  # noqa: E402
+from realtime import websocket as _realtime_ws  # noqa: E402
+
+EXTRA_HANDLERS += [*_realtime_ws.handlers, *_kiosk_channel.handlers]
+STARTUP_HOOKS.append(_realtime_relay.startup)
+
 
 def _extra_handlers() -> list[Any]:
     return list(EXTRA_HANDLERS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Router
 
 from mobile_api import accounts, credentials, parcels
+from mobile_api import events as event_history
 from mobile_api import notifications as push_preferences
 from mobile_api import work_orders as visits
 
@@ -17,6 +18,7 @@ def build_router() -> Router:
             *credentials.handlers,
             *parcels.handlers,
             *push_preferences.handlers,
+            *event_history.handlers,
             *visits.handlers,
         ],
         tags=["phone apps"],

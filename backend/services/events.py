@@ -7,19 +7,40 @@ commit: on PostgreSQL with a transaction-scoped advisory lock (released at COMMI
 on SQLite by the database write lock every writer takes (``BEGIN IMMEDIATE``). Callers append
 events as the last step of their transaction to keep that critical section short.
 
+Why a single lock for all properties, not one per property: the realtime relay (realtime/relay.py)
+tails the whole table by id. With per-property locks, property P's transaction could commit id
+102 while property Q's transaction still holds 101 uncommitted, and the relay would pass 101.
+One lock makes "committed ids are a prefix of allocated ids, in order" true globally; the cost
+is that event appends (only the tail of each transaction) never run in parallel.
+
+Both halves of the proof are in tests/test_realtime_ordering.py: on PostgreSQL a second
+transaction trying to append while the first one is still open waits for it, a reader polling
+``id > last`` in between sees neither, and after both commit it has seen every id, in order,
+with an unforked chain; a control test shows the same reader does skip an id when rows are
+inserted without ``record_event``.
+
 Every event also enqueues one ``push`` outbox row in the same transaction; the push dispatcher
 decides who (if anyone) is notified, so nothing committed is ever skipped.
+
+Low-latency hand-off: ``record_event`` notes each appended event (and the id committed just
+before it) on the session; after the transaction commits, ``COMMIT_LISTENERS`` are called with
+them (the realtime relay publishes at once instead of waiting for its next poll). Nothing is
+announced for a transaction that rolls back. Listeners are an optimisation only: the table is
+the source of truth and the relay's poll finds anything a listener never heard about.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, text
+from sqlalchemy.orm import Session
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -63,10 +84,59 @@ def event_hash(event: Event, prev_hash: str) -> str:
     return hashlib.sha256(_canonical(event, prev_hash)).hexdigest()
 
 
-async def _serialise_appends(session: AsyncSession) -> None:
+# Called after a commit that appended events: (engine, prev_id, events). ``prev_id`` is the
+# id of the last event committed before the first of ``events`` (appends are serialised, so
+# it is exact); listeners run on the event loop thread and must not block.
+CommitListener = Callable[[Any, int, list[dict[str, Any]]], None]
+COMMIT_LISTENERS: list[CommitListener] = []
+_PENDING = "concierge.appended_events"
+
+
+async def serialise_appends(session: AsyncSession) -> None:
+    """Take the append lock (held until COMMIT/ROLLBACK) on PostgreSQL; SQLite's write lock
+    (``BEGIN IMMEDIATE``) already serialises every writer. Re-entrant within a transaction."""
     bind = session.bind
     if bind is not None and bind.dialect.name == "postgresql":
         await session.exec(text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=EVENT_APPEND_LOCK))  # type: ignore[call-overload]
+
+
+_serialise_appends = serialise_appends
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _announce_commit(session: Session) -> None:
+    pending = session.info.pop(_PENDING, None)
+    if not pending or not COMMIT_LISTENERS:
+        return
+    prev_id, events = pending
+    engine = session.get_bind()
+    engine = getattr(engine, "engine", engine)
+    for listener in list(COMMIT_LISTENERS):
+        try:
+            listener(engine, prev_id, events)
+        except Exception:  # a listener must never turn a committed transaction into an error
+            logging.getLogger("concierge.events").exception("commit listener failed")
+
+
+@sa_event.listens_for(Session, "after_soft_rollback")
+def _forget_rollback(session: Session, previous_transaction: Any) -> None:
+    # Any rollback, a savepoint's included: forget what we noted. Events appended later in the
+    # same transaction are announced with a ``prev_id`` that no reader expects, so the relay
+    # reads the table instead of trusting this announcement.
+    session.info.pop(_PENDING, None)
+
+
+def _snapshot(event: Event) -> dict[str, Any]:
+    """What listeners need, detached from the session (attributes may expire at commit)."""
+    return {
+        "id": event.id,
+        "property_id": event.property_id,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "payload": event.payload,
+        "unit_id": event.unit_id,
+        "user_id": event.user_id,
+    }
 
 
 async def record_event(
@@ -84,7 +154,11 @@ async def record_event(
     notify: bool = True,
 ) -> Event:
     """Append one event (and its push outbox row) to the caller's transaction."""
-    await _serialise_appends(session)
+    await serialise_appends(session)
+    pending = session.info.get(_PENDING)
+    if pending is None:
+        # Under the lock, the highest committed id is the one that precedes ours.
+        prev_id = (await session.exec(select(func.max(Event.id)))).one() or 0  # type: ignore[arg-type]
     last = (
         await session.exec(
             select(Event.hash)
@@ -112,6 +186,10 @@ async def record_event(
     event.hash = event_hash(event, prev_hash)
     session.add(event)
     await session.flush()
+    if pending is None:
+        session.info[_PENDING] = (int(prev_id), [_snapshot(event)])
+    else:
+        pending[1].append(_snapshot(event))
     if notify:
         session.add(Outbox(topic="push", event_id=event.id, next_attempt_at=now))
         await session.flush()
