@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from backend import keys_cli, logs
+from backend import keys_cli, logs, policy_cli
 from backend.settings import Settings
 from push import cli as push_cli
 
@@ -23,6 +23,7 @@ Command = tuple[
 COMMANDS: dict[str, Command] = {}
 COMMANDS["worker"] = (push_cli.configure, push_cli.run)
 COMMANDS["keys"] = (keys_cli.configure, keys_cli.run)
+COMMANDS["policy"] = (policy_cli.configure, policy_cli.run)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -6,13 +6,13 @@ from litestar import Router
 from litestar.di import Provide
 
 from backend.dependencies import provide_kiosk
-from backend.kiosk_api import enrollment
+from backend.kiosk_api import deliveries, enrollment
 
 
 def build_router() -> Router:
     return Router(
         path="/v1/kiosk",
-        route_handlers=[*enrollment.handlers],
+        route_handlers=[*enrollment.handlers, *deliveries.handlers],
         dependencies={"kiosk": Provide(provide_kiosk)},
         tags=["kiosks"],
         security=[{"kiosk_assertion": []}],
