@@ -169,8 +169,12 @@ class ServerProcess(ManagedProcess):
         host: str = "127.0.0.1",
         ready_timeout: float = 60.0,
         extra_args: list[str] | None = None,
+        command: list[str] | None = None,
     ) -> ServerProcess:
-        """Spawn and wait until ready; on timeout the process is stopped and its log raised."""
+        """Spawn and wait until ready; on timeout the process is stopped and its log raised.
+
+        ``command`` replaces ``concierge serve`` (the benchmark server takes the same options).
+        """
         server = cls(
             concierge_env(settings_env(settings)),
             log_dir / f"{name}.log",
@@ -179,15 +183,14 @@ class ServerProcess(ManagedProcess):
             name,
         )
         server.argv = [
-            *CONCIERGE,
-            "serve",
+            *(command or [*CONCIERGE, "serve"]),
             "--host",
             host,
             "--port",
             str(server.port),
             "--workers",
             str(workers),
-            *([] if migrate else ["--no-migrate"]),
+            *([] if migrate or command else ["--no-migrate"]),
             *(extra_args or []),
         ]
         server.spawn()
