@@ -10,6 +10,7 @@ ever read from an event.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -125,7 +126,7 @@ ID_FIELDS = (
 # ... and the only display labels its text may use (resolved from the database by id).
 LABELS = ("compartment", "kiosk", "door", "unit", "key")
 FALLBACK_LABELS = {
-    "compartment": "your locker",
+    "compartment": "(see the app)",
     "kiosk": "the kiosk",
     "door": "A door",
     "unit": "your unit",
@@ -203,6 +204,17 @@ def fcm_message(notice: Notice, token: str, *, expires_at_epoch: int) -> messagi
     aps_extra: dict[str, Any] = {}
     if template.time_sensitive:
         aps_extra["interruption-level"] = "time-sensitive"
+    with warnings.catch_warnings():
+        # firebase-admin 7.7 deprecates ``token`` in favour of Firebase installation ids; phones
+        # register FCM registration tokens, which the v1 API still takes as ``message.token``.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _message(notice, token, expires_at_epoch, aps_extra)
+
+
+def _message(
+    notice: Notice, token: str, expires_at_epoch: int, aps_extra: dict[str, Any]
+) -> messaging.Message:
+    template = notice.template
     return messaging.Message(
         token=token,
         notification=messaging.Notification(title=notice.title, body=notice.body),

@@ -161,7 +161,10 @@ class FcmSender:
                 response = await self._on_loop(self._send_chunk([o.message for o in chunk]))
             except Exception as exc:  # the whole call failed (not one message): retry all
                 outcome = classify(exc)
-                log.warning("push.batch_failed", extra={"error": outcome.error})
+                log.warning(
+                    "push.batch_failed",
+                    extra={"error": outcome.error, "exception": type(exc).__name__},
+                )
                 outcomes.extend(outcome for _ in chunk)
                 continue
             for item, result in zip(chunk, response.responses, strict=True):

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 from litestar import get
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 from sqlmodel import col, select
 
 from backend import errors
@@ -62,7 +62,7 @@ async def list_notifications(
     property_id: Id,
     actor: ActorDep,
     session: SessionDep,
-    state_filter: Annotated[State | None, Parameter(query="state")] = None,
+    state_filter: Annotated[State | None, QueryParameter(name="state")] = None,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Parameter(max_length=64)] = None,
 ) -> Page[NotificationView]:

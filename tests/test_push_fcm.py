@@ -1,0 +1,301 @@
+"""Push through the real firebase-admin SDK against a local FCM v1 server (tests/push_fake_fcm.py).
+
+The SDK is pointed at it only through settings: CONCIERGE_FIREBASE_CREDENTIALS (a service account
+whose token_uri is the local server) and CONCIERGE_FCM_ENDPOINT.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import firebase_admin
+from firebase_admin import messaging
+from litestar.testing import AsyncTestClient
+from sqlmodel import select
+
+from backend.crypto import fingerprint
+from backend.models import Device
+from backend.models.base import utcnow
+from backend.runtime import Runtime
+from push.dispatcher import Dispatcher
+from push.senders import SDK_FCM_URL
+from tests.push_fake_fcm import PROJECT, FakeFcm
+from tests.push_support import (  # noqa: F401  (fixtures)
+    add_device,
+    at,
+    dispatcher,
+    dispatcher_with,
+    fcm,
+    notification_for,
+    notifications,
+    record,
+    runtime,
+    settings,
+)
+from tests.world import World, check
+
+
+def test_sdk_still_has_the_fcm_url_we_override() -> None:
+    """CONCIERGE_FCM_ENDPOINT replaces this private constant: an SDK upgrade that moves it fails here."""
+    assert firebase_admin.__version__ == "7.7.0"
+    assert messaging._MessagingService.FCM_URL == SDK_FCM_URL
+
+
+async def _deposit(runtime: Runtime, world: World, **payload_extra: str) -> int:
+    home = world.home
+    return await record(
+        runtime,
+        property_id=home.property_id,
+        type="parcel.deposited",
+        actor=f"kiosk:{home.kiosk.id}",
+        subject="parcel:p0000000000000001",
+        unit_id=home.units["4B"],
+        payload={
+            "parcel_id": "p0000000000000001",
+            "compartment_id": home.compartments["A1"],
+            "kiosk_id": home.kiosk.id,
+            "unit_id": home.units["4B"],
+            **payload_extra,
+        },
+    )
+
+
+async def test_deposit_sends_exactly_the_expected_fcm_request(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    home = world.home
+    await add_device(client, home.people["resident"], "token-resident-4b")
+    await add_device(client, home.people["neighbour"], "token-neighbour-1a")
+    await add_device(client, world.other.people["resident"], "token-other-tenant")
+    event_id = await _deposit(runtime, world, pickup_pin="483920")
+
+    await dispatcher.drain()
+
+    sent = fcm.sends()
+    assert len(sent) == 1
+    request = sent[0]
+    assert request.path == f"/v1/projects/{PROJECT}/messages:send"
+    assert request.headers["authorization"] == f"Bearer {fcm.access_token}"
+    assert fcm.token_exchanges == 1
+    message = request.message
+    assert set(request.body) == {"message"}
+    assert set(message) == {"token", "notification", "data", "android", "apns"}
+    assert message["token"] == "token-resident-4b"
+    assert message["notification"] == {
+        "title": "Parcel waiting for you",
+        "body": "A parcel is in locker A1 at Home Towers lockers.",
+    }
+    key = f"concierge-{event_id}"
+    assert message["data"] == {
+        "notification_id": key,
+        "event_id": str(event_id),
+        "type": "parcel.deposited",
+        "property_id": home.property_id,
+        "parcel_id": "p0000000000000001",
+        "compartment_id": home.compartments["A1"],
+        "kiosk_id": home.kiosk.id,
+        "unit_id": home.units["4B"],
+        "link": "concierge://parcels/p0000000000000001",
+    }
+    android = message["android"]
+    assert android["collapse_key"] == key
+    assert android["priority"] == "high"
+    assert android["ttl"] == "172800s"
+    assert android["notification"]["tag"] == key
+    apns = message["apns"]
+    assert apns["headers"]["apns-collapse-id"] == key
+    assert apns["headers"]["apns-priority"] == "10"
+    assert "interruption-level" not in apns["payload"]["aps"]
+    assert "483920" not in json.dumps(request.body)  # the pickup PIN never travels in a push
+
+    item = await notification_for(client, home.people["staff"], home.property_id, event_id)
+    assert item["state"] == "sent"
+    [delivery] = item["deliveries"]
+    assert delivery["state"] == "sent"
+    assert delivery["user_id"] == home.people["resident"].user_id
+    assert delivery["token_fingerprint"] == fingerprint("token-resident-4b")
+    assert "token-resident-4b" not in json.dumps(item)
+    # A second round finds nothing to do: sent rows are never sent again.
+    await dispatcher.drain(utcnow() + timedelta(days=3))
+    assert len(fcm.sends()) == 1
+
+
+async def test_door_alarm_goes_to_staff_time_sensitive(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    home = world.home
+    await add_device(client, home.people["staff"], "token-staff-home", platform="ios")
+    await add_device(client, home.people["resident"], "token-resident-home")
+    await add_device(client, world.other.people["staff"], "token-staff-other")
+    await record(
+        runtime,
+        property_id=home.property_id,
+        type="door.forced",
+        actor=f"kiosk:{home.kiosk.id}",
+        payload={"door_id": home.door_id, "kiosk_id": home.kiosk.id},
+    )
+    await dispatcher.drain()
+    [request] = fcm.sends()
+    message = request.message
+    assert message["token"] == "token-staff-home"
+    assert message["notification"]["body"] == "Main entrance was opened without access."
+    assert message["apns"]["payload"]["aps"]["interruption-level"] == "time-sensitive"
+    assert message["apns"]["headers"]["apns-priority"] == "10"
+    assert message["android"]["priority"] == "high"
+    assert message["data"]["door_id"] == home.door_id
+
+
+async def test_unregistered_token_is_disabled_at_once_and_never_retried(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    home = world.home
+    resident = home.people["resident"]
+    await add_device(client, resident, "token-good")
+    stale = await add_device(client, resident, "token-stale")
+    fcm.unregistered.add("token-stale")
+
+    first = await _deposit(runtime, world)
+    await dispatcher.drain()
+    assert sorted(r.token for r in fcm.sends()) == ["token-good", "token-stale"]
+    item = await notification_for(client, home.people["staff"], home.property_id, first)
+    states = {d["device_id"]: (d["state"], d["last_error"]) for d in item["deliveries"]}
+    assert states[stale] == ("invalid_token", "UNREGISTERED")
+    assert item["state"] == "sent"
+    async with runtime.db.session() as session:
+        device = (await session.exec(select(Device).where(Device.id == stale))).one()
+        assert device.push_token_disabled_at is not None
+
+    # Never retried, and the next notification skips the disabled token.
+    await dispatcher.drain(utcnow() + timedelta(hours=2))
+    await _deposit(runtime, world)
+    await dispatcher.drain(utcnow() + timedelta(hours=3))
+    assert [r.token for r in fcm.sends()].count("token-stale") == 1
+    assert [r.token for r in fcm.sends()].count("token-good") == 2
+
+    # The phone registers a fresh token: pushes reach it again.
+    check(
+        await client.patch(
+            f"/v1/devices/{stale}", json={"push_token": "token-fresh"}, headers=resident.headers
+        )
+    )
+    await _deposit(runtime, world)
+    await dispatcher.drain(utcnow() + timedelta(hours=4))
+    assert "token-fresh" in [r.token for r in fcm.sends()]
+
+
+async def test_503_beyond_the_sdk_retries_is_retried_by_us_then_delivered(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    home = world.home
+    await add_device(client, home.people["resident"], "token-resident")
+    fcm.fail_next("UNAVAILABLE", 7)  # the SDK itself tries 5 times per send
+    event_id = await _deposit(runtime, world)
+    t0 = utcnow()
+
+    report = await dispatcher.run_once(t0)
+    assert report.retrying == 1
+    first_round = len(fcm.sends())
+    assert first_round == 5
+    item = await notification_for(client, home.people["staff"], home.property_id, event_id)
+    [delivery] = item["deliveries"]
+    assert (delivery["state"], delivery["attempts"], delivery["last_error"]) == (
+        "pending",
+        1,
+        "UNAVAILABLE",
+    )
+    assert item["state"] == "delivering"
+
+    await dispatcher.run_once(t0)  # not due yet: backoff
+    assert len(fcm.sends()) == first_round
+
+    await dispatcher.drain(t0 + timedelta(minutes=5))
+    assert [r.status for r in fcm.sends()] == [503] * 7 + [200]
+    item = await notification_for(client, home.people["staff"], home.property_id, event_id)
+    assert item["state"] == "sent"
+    assert item["deliveries"][0]["attempts"] == 2
+    # Every resend carried the same collapse key: the phone shows it once.
+    assert {r.message["android"]["collapse_key"] for r in fcm.sends()} == {
+        f"concierge-{event_id}"
+    }
+
+
+async def test_429_retry_after_is_honoured(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    home = world.home
+    await add_device(client, home.people["resident"], "token-resident")
+    fcm.fail_next("QUOTA_EXCEEDED", 1, {"Retry-After": "120"})
+    event_id = await _deposit(runtime, world)
+    t0 = utcnow()
+
+    await dispatcher.run_once(t0)
+    assert [r.status for r in fcm.sends()] == [429]
+    item = await notification_for(client, home.people["staff"], home.property_id, event_id)
+    [delivery] = item["deliveries"]
+    assert delivery["last_error"] == "QUOTA_EXCEEDED"
+    assert at(delivery["next_attempt_at"]) >= t0 + timedelta(seconds=120)
+
+    # Our own backoff (1 s base here) would retry long before; Retry-After wins.
+    await dispatcher.drain(t0 + timedelta(seconds=110))
+    assert len(fcm.sends()) == 1
+    await dispatcher.drain(t0 + timedelta(seconds=125))
+    assert [r.status for r in fcm.sends()] == [429, 200]
+
+
+async def test_retries_stop_at_max_age_and_staff_see_the_failure(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    fcm: FakeFcm,
+) -> None:
+    home = world.home
+    staff = home.people["staff"]
+    await add_device(client, home.people["resident"], "token-resident")
+    fcm.fail_next("QUOTA_EXCEEDED", 50)
+    short, short_runtime = await dispatcher_with(
+        runtime, outbox_max_age_seconds=600, outbox_retry_base_seconds=60.0
+    )
+    try:
+        event_id = await _deposit(runtime, world)
+        t0 = utcnow()
+        for minutes in range(0, 60, 5):
+            await short.drain(t0 + timedelta(minutes=minutes))
+    finally:
+        await short.sender.close()
+        await short_runtime.db.dispose()
+    attempts = len(fcm.sends())
+    assert 2 <= attempts < 10  # backed off: not one attempt per round
+    [item] = await notifications(client, staff, home.property_id, state="failed")
+    assert item["event_id"] == str(event_id)
+    assert item["last_error"] == "retries_exhausted"
+    [delivery] = item["deliveries"]
+    assert (delivery["state"], delivery["last_error"]) == ("failed", "QUOTA_EXCEEDED")
+    assert delivery["attempts"] == attempts
+    assert await notifications(client, staff, home.property_id, state="pending") == []
+    # Another property's staff cannot look.
+    response = await client.get(
+        f"/v1/staff/properties/{home.property_id}/notifications",
+        headers=world.other.people["staff"].headers,
+    )
+    assert response.status_code == 404
