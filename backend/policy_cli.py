@@ -12,7 +12,9 @@ from backend.settings import Settings
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = "Policy engine: reminders, overflow list, overdue keys"
     actions = parser.add_subparsers(dest="policy_action", required=True)
-    actions.add_parser("run-once", help="do every property's due work now; one JSON line per action")
+    actions.add_parser(
+        "run-once", help="do every property's due work now; one JSON line per action"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

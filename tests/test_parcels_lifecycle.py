@@ -76,7 +76,8 @@ async def test_intake_deposit_and_pin_pickup(client: AsyncTestClient, world: Wor
 
     # Not yet deposited: no PIN, nobody told.
     early = check(await client.get(f"/v1/parcels/{parcel_id}", headers=resident.headers))
-    assert early["state"] == "assigned" and early["pickup_pin"] is None
+    assert early["state"] == "assigned"
+    assert early["pickup_pin"] is None
 
     deposited = await deposit(client, site, parcel_id)
     assert deposited["state"] == "deposited"
@@ -87,9 +88,13 @@ async def test_intake_deposit_and_pin_pickup(client: AsyncTestClient, world: Wor
     assert [p["id"] for p in mine["items"]] == [parcel_id]
     detail = check(await client.get(f"/v1/parcels/{parcel_id}", headers=resident.headers))
     pin = detail["pickup_pin"]
-    assert isinstance(pin, str) and len(pin) == 6 and pin.isdigit()
-    assert detail["compartment"]["label"] == "B1" and detail["unit"] == "4B"
-    assert detail["tracking"] == tracking and detail["carrier"] == "UPS"
+    assert isinstance(pin, str)
+    assert len(pin) == 6
+    assert pin.isdigit()
+    assert detail["compartment"]["label"] == "B1"
+    assert detail["unit"] == "4B"
+    assert detail["tracking"] == tracking
+    assert detail["carrier"] == "UPS"
     # The neighbour (unit 1A) neither lists nor reads it.
     assert check(await client.get("/v1/parcels", headers=neighbour.headers))["items"] == []
     check(await client.get(f"/v1/parcels/{parcel_id}", headers=neighbour.headers), 404)
@@ -102,9 +107,12 @@ async def test_intake_deposit_and_pin_pickup(client: AsyncTestClient, world: Wor
     deposit_events = [e for e in events if e["type"] == "parcel.deposited"]
     assert len(deposit_events) == 1
     data = deposit_events[0]["data"]
-    assert data["parcel_id"] == parcel_id and data["unit_id"] == site.units["4B"]
-    assert data["compartment_id"] == site.compartments["B1"] and data["kiosk_id"] == site.kiosk.id
-    assert data["tracking"] == tracking and data["carrier"] == "UPS"
+    assert data["parcel_id"] == parcel_id
+    assert data["unit_id"] == site.units["4B"]
+    assert data["compartment_id"] == site.compartments["B1"]
+    assert data["kiosk_id"] == site.kiosk.id
+    assert data["tracking"] == tracking
+    assert data["carrier"] == "UPS"
     assert all(pin not in str(e["data"]) for e in events)
 
     wrong = "000000" if pin != "000000" else "111111"
@@ -125,12 +133,14 @@ async def test_intake_deposit_and_pin_pickup(client: AsyncTestClient, world: Wor
     granted = check(
         await client.post(pickup, json={"unit": "4B", "pin": pin}, headers=site.kiosk.headers())
     )
-    assert granted["granted"] is True and granted["reason"] == "pin_ok"
+    assert granted["granted"] is True
+    assert granted["reason"] == "pin_ok"
     assert granted["compartments"] == [
         {"id": site.compartments["B1"], "label": "B1", "parcel_id": parcel_id}
     ]
     after = check(await client.get(f"/v1/parcels/{parcel_id}", headers=resident.headers))
-    assert after["state"] == "picked_up" and after["pickup_pin"] is None
+    assert after["state"] == "picked_up"
+    assert after["pickup_pin"] is None
     assert (await compartment_states(client, site))["B1"] == "free"
     # A PIN works once.
     again = check(
@@ -189,10 +199,12 @@ async def test_smallest_fitting_compartment_and_no_compartment_fits(
         size=None,
         dimensions={"length_cm": 40, "width_cm": 35, "height_cm": 10},
     )
-    assert by_dims["compartment"]["label"] == "C1" and by_dims["size"] == "M"
+    assert by_dims["compartment"]["label"] == "C1"
+    assert by_dims["size"] == "M"
     # Now nothing is free.
     full = await deliver(client, site, size="S", status=409)
-    assert full["code"] == "no_compartment_fits" and full["free_sizes"] == []
+    assert full["code"] == "no_compartment_fits"
+    assert full["free_sizes"] == []
     # Cancel frees C1: an S asks and is told L is free in `free_sizes` only when S/M are not.
     check(
         await client.post(
@@ -208,7 +220,8 @@ async def test_smallest_fitting_compartment_and_no_compartment_fits(
         )
     )  # idempotent
     xl = await deliver(client, site, size="XL", status=409)
-    assert xl["code"] == "no_compartment_fits" and xl["free_sizes"] == []
+    assert xl["code"] == "no_compartment_fits"
+    assert xl["free_sizes"] == []
     # A huge parcel fits nowhere.
     huge = await deliver(
         client,
@@ -243,7 +256,8 @@ async def test_no_fit_lists_larger_free_sizes_and_office_intake(
     # Take C1 with an L, then free B1: an S finds B1 (M) as smallest.
     # Ask for something larger than anything free: M and L are free-checked.
     office = await deliver(client, site, size="XL", to_office=True)
-    assert office["state"] == "overflowed" and office["compartment"] is None
+    assert office["state"] == "overflowed"
+    assert office["compartment"] is None
     assert office["location"] == "office"
     listed = check(
         await client.get(
@@ -267,7 +281,8 @@ async def test_no_fit_lists_larger_free_sizes_and_office_intake(
         ),
         201,
     )
-    assert direct["state"] == "overflowed" and direct["unit"] == "1A"
+    assert direct["state"] == "overflowed"
+    assert direct["unit"] == "1A"
 
 
 async def test_free_sizes_names_larger_free_compartments(
@@ -289,9 +304,7 @@ async def test_free_sizes_names_larger_free_compartments(
     a1 = await deliver(client, site, size="S")
     assert a1["compartment"]["label"] == "A1"
     # Asking for A1 itself (taken) does not fit; larger free sizes are M, L, XL.
-    body = await deliver(
-        client, site, size="S", compartment_id=site.compartments["A1"], status=409
-    )
+    body = await deliver(client, site, size="S", compartment_id=site.compartments["A1"], status=409)
     assert body["code"] == "no_compartment_fits"
     assert body["free_sizes"] == ["M", "L", "XL"]
 
@@ -326,11 +339,13 @@ async def test_overflow_return_and_staff_lists(client: AsyncTestClient, world: W
             headers=staff.headers,
         )
     )
-    assert moved["state"] == "overflowed" and moved["location"] == "leasing office shelf 2"
+    assert moved["state"] == "overflowed"
+    assert moved["location"] == "leasing office shelf 2"
     assert moved["compartment"] is not None  # where it was, for the record
     assert (await compartment_states(client, site))["A1"] == "free"
     seen = check(await client.get(f"/v1/parcels/{one['parcel_id']}", headers=resident.headers))
-    assert seen["state"] == "overflowed" and seen["location"] == "leasing office shelf 2"
+    assert seen["state"] == "overflowed"
+    assert seen["location"] == "leasing office shelf 2"
     assert seen["pickup_pin"] is None
     # Overflow twice is the same; returning an overflowed parcel works.
     check(
@@ -426,7 +441,8 @@ async def test_occupancy_and_weekly_report(client: AsyncTestClient, world: World
         "keys_overdue",
         "staff_minutes_saved",
     }
-    assert report["deposits"] == 2 and report["pickups"] == 2
+    assert report["deposits"] == 2
+    assert report["pickups"] == 2
     assert report["failed_pin_attempts"] == 1
     assert report["unclaimed"] == []
     assert report["pickup_minutes"]["p50"] is not None
@@ -444,9 +460,11 @@ async def test_occupancy_and_weekly_report(client: AsyncTestClient, world: World
         f"/v1/staff/properties/{site.property_id}/reports/weekly?format=csv",
         headers=staff.headers,
     )
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
     rows = {r[0]: r[1] for r in csv.reader(io.StringIO(response.text)) if len(r) == 2}
-    assert rows["deposits"] == "2" and rows["failed_pin_attempts"] == "1"
+    assert rows["deposits"] == "2"
+    assert rows["failed_pin_attempts"] == "1"
 
     past = check(
         await client.get(

@@ -95,20 +95,28 @@ async def _recorded_rejection(
         "free larger sizes in `free_sizes`; then `to_office: true` records an office hand-over."
     ),
     responses=responses(
-        errors.UnknownUnit, errors.NotFound, errors.NoCompartmentFits, errors.ParcelStateConflict,
-        *KIOSK_ERRORS, auth=False,
+        errors.UnknownUnit,
+        errors.NotFound,
+        errors.NoCompartmentFits,
+        errors.ParcelStateConflict,
+        *KIOSK_ERRORS,
+        auth=False,
     ),
 )
 async def create_delivery(
     data: JSONBody[DeliveryIntake], kiosk: KioskDep, session: SessionDep
 ) -> Response[DeliveryView]:
-    size = data.size
+    size: str | None = data.size
     if data.dimensions is not None:
         d = data.dimensions
         fitted = parcels.size_for_dimensions(d.length_cm, d.width_cm, d.height_cm)
         if fitted is None:
-            raise errors.NoCompartmentFits("the parcel is larger than any compartment", free_sizes=[])
-        size = fitted if size is None or parcels.SIZE_RANK[fitted] > parcels.SIZE_RANK[size] else size
+            raise errors.NoCompartmentFits(
+                "the parcel is larger than any compartment", free_sizes=[]
+            )
+        size = (
+            fitted if size is None or parcels.SIZE_RANK[fitted] > parcels.SIZE_RANK[size] else size
+        )
     if size is None:
         raise errors.ValidationFailed("size or dimensions is required")
     chosen: str = size

@@ -319,7 +319,9 @@ async def intake(
     for _ in range(5):
         compartment = await _pick_compartment(session, kiosk.id, size, compartment_id)
         if compartment is None:
-            free = [s for s in await _free_sizes(session, kiosk.id) if SIZE_RANK[s] > SIZE_RANK[size]]
+            free = [
+                s for s in await _free_sizes(session, kiosk.id) if SIZE_RANK[s] > SIZE_RANK[size]
+            ]
             raise errors.NoCompartmentFits(
                 f"no free {size} compartment at this kiosk"
                 + (f"; free larger sizes: {', '.join(free)}" if free else ""),
@@ -864,7 +866,9 @@ async def _conflict(
         property_id=kiosk.property_id,
         type="parcel.conflict",
         actor=f"kiosk:{kiosk.id}",
-        subject=f"parcel:{payload['parcel_id']}" if payload.get("parcel_id") else f"kiosk:{kiosk.id}",
+        subject=f"parcel:{payload['parcel_id']}"
+        if payload.get("parcel_id")
+        else f"kiosk:{kiosk.id}",
         payload={"kiosk_id": kiosk.id, "reason": reason, **payload},
         occurred_at=at,
         notify=True,
@@ -927,7 +931,11 @@ async def _ingest_offline_deposit(
     )
     parcel.unit_id, parcel.carrier, parcel.size, parcel.offline = unit.id, carrier, size, True
     parcel.cancelled_at = None
-    if holder is not None or compartment.purpose != "parcel" or compartment.state == "out_of_service":
+    if (
+        holder is not None
+        or compartment.purpose != "parcel"
+        or compartment.state == "out_of_service"
+    ):
         parcel.state = "announced"
         parcel.compartment_id = None
         parcel.location = f"compartment {compartment.label} (conflict)"
@@ -1067,7 +1075,9 @@ async def custody(session: AsyncSession, actor: Actor, parcel_id: str) -> list[E
         (
             await session.exec(
                 select(Event)
-                .where(Event.property_id == parcel.property_id, Event.subject == f"parcel:{parcel.id}")
+                .where(
+                    Event.property_id == parcel.property_id, Event.subject == f"parcel:{parcel.id}"
+                )
                 .order_by(col(Event.id))
             )
         ).all()
@@ -1139,7 +1149,9 @@ async def weekly_report(
     async def count(*where: Any) -> int:
         value = (
             await session.exec(
-                select(func.count()).select_from(Parcel).where(Parcel.property_id == property_id, *where)
+                select(func.count())
+                .select_from(Parcel)
+                .where(Parcel.property_id == property_id, *where)
             )
         ).one()
         return int(value or 0)

@@ -149,8 +149,11 @@ async def office_intake(
     return await parcel_view(session, parcel, show_pin=True)
 
 
-@get("/parcels/{parcel_id:str}", summary="One parcel (with its PIN while it waits)",
-     responses=responses(errors.NotFound))
+@get(
+    "/parcels/{parcel_id:str}",
+    summary="One parcel (with its PIN while it waits)",
+    responses=responses(errors.NotFound),
+)
 async def get_parcel(parcel_id: Id, actor: ActorDep, session: SessionDep) -> ParcelView:
     return await parcel_view(
         session, await parcels.staff_parcel(session, actor, parcel_id), show_pin=True
