@@ -1,0 +1,388 @@
+"""Kiosk journal ingest: idempotent by ``(kiosk, seq)``, forks and double spends detected.
+
+Invariants:
+- ``(kiosk_id, seq)`` is unique (database constraint): a batch resent any number of times,
+  even concurrently, is stored once; only a newly stored entry has effects (events, hooks).
+- The same ``seq`` with different content is a fork (a cloned or rolled-back kiosk): the
+  variant is kept in ``journal_fork`` and ``kiosk.journal_forked`` (critical) is recorded once
+  per distinct variant. So is an entry whose ``prev_hash`` does not link to the stored entry
+  before it. A forked ``decision`` still counts as a redemption, because a rolled-back kiosk
+  has also forgotten which credentials it spent: that is how double spends surface.
+- A granted ``decision`` with a ``jti`` redeems the credential (``credential.redeemed``); a
+  second redemption of one jti keeps both and records ``credential.double_spent`` (critical);
+  a redemption after the credential was revoked is flagged (``revoked: true``, warning).
+- Feature handlers run in a savepoint each: a failing handler marks its entry ``failed`` and
+  never blocks the journal (the kiosk would otherwise resend the batch forever).
+
+Registries (features register at import of their service module):
+``REDEMPTION_HOOKS``: async (session, kiosk, credential, entry, now), after a first redemption.
+``JOURNAL_HANDLERS[type]``: async (session, kiosk, entry, now), for every other entry type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import pkgutil
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, exists
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from backend.models import Credential, JournalEntry, JournalFork, Kiosk
+from backend.services.events import record_event
+
+log = logging.getLogger("concierge.journal")
+
+RedemptionHook = Callable[
+    [AsyncSession, Kiosk, Credential, JournalEntry, datetime], Awaitable[None]
+]
+JournalHandler = Callable[[AsyncSession, Kiosk, JournalEntry, datetime], Awaitable[None]]
+REDEMPTION_HOOKS: list[RedemptionHook] = []
+JOURNAL_HANDLERS: dict[str, JournalHandler] = {}
+MAX_GAPS = 100
+
+
+@dataclass(frozen=True)
+class IncomingEntry:
+    seq: int
+    type: str
+    occurred_at: datetime
+    prev_hash: str
+    hash: str
+    data: dict[str, Any]
+
+    def content_hash(self) -> str:
+        body = {
+            "seq": self.seq,
+            "type": self.type,
+            "occurred_at": self.occurred_at.astimezone(UTC).isoformat(),
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+            "data": self.data,
+        }
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class IngestResult:
+    accepted_through: int
+    gaps: list[list[int]]
+    stored: int = 0
+    duplicates: int = 0
+    forks: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _PendingEvent:
+    kwargs: dict[str, Any]
+
+
+_features_loaded = False
+
+
+def _load_features() -> None:
+    """Import every service module once so their handlers are registered."""
+    global _features_loaded
+    if _features_loaded:
+        return
+    _features_loaded = True
+    import backend.services as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        name = f"{package.__name__}.{info.name}"
+        try:
+            importlib.import_module(name)
+        except Exception:
+            log.exception("service module failed to import", extra={"module": name})
+
+
+async def _existing(
+    session: AsyncSession, kiosk_id: str, seqs: Sequence[int]
+) -> dict[int, JournalEntry]:
+    if not seqs:
+        return {}
+    rows = await session.exec(
+        select(JournalEntry).where(
+            JournalEntry.kiosk_id == kiosk_id, col(JournalEntry.seq).in_(list(seqs))
+        )
+    )
+    return {row.seq: row for row in rows.all()}
+
+
+async def _hash_of(session: AsyncSession, kiosk_id: str, seq: int) -> str | None:
+    return (
+        await session.exec(
+            select(JournalEntry.hash).where(
+                JournalEntry.kiosk_id == kiosk_id, JournalEntry.seq == seq
+            )
+        )
+    ).first()
+
+
+async def _store(
+    session: AsyncSession, kiosk: Kiosk, item: IncomingEntry, now: datetime
+) -> JournalEntry | None:
+    """Insert one entry in a savepoint; None when that seq is already stored (raced)."""
+    row = JournalEntry(
+        kiosk_id=kiosk.id,
+        seq=item.seq,
+        type=item.type,
+        occurred_at=item.occurred_at,
+        data=item.data,
+        prev_hash=item.prev_hash,
+        hash=item.hash,
+        content_hash=item.content_hash(),
+        received_at=now,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(row)
+        return row
+    except IntegrityError:
+        return None
+
+
+async def _store_fork(
+    session: AsyncSession, kiosk: Kiosk, item: IncomingEntry, now: datetime
+) -> bool:
+    """Keep a forked variant; True when this variant is new."""
+    fork = JournalFork(
+        kiosk_id=kiosk.id,
+        seq=item.seq,
+        type=item.type,
+        occurred_at=item.occurred_at,
+        data=item.data,
+        prev_hash=item.prev_hash,
+        hash=item.hash,
+        content_hash=item.content_hash(),
+        received_at=now,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(fork)
+        return True
+    except IntegrityError:
+        return False
+
+
+def _fork_event(
+    kiosk: Kiosk, item: IncomingEntry, reason: str, stored_hash: str | None
+) -> _PendingEvent:
+    return _PendingEvent(
+        {
+            "property_id": kiosk.property_id,
+            "type": "kiosk.journal_forked",
+            "actor": f"kiosk:{kiosk.id}",
+            "subject": f"kiosk:{kiosk.id}",
+            "payload": {
+                "kiosk_id": kiosk.id,
+                "seq": item.seq,
+                "reason": reason,
+                "entry_type": item.type,
+                "stored_hash": stored_hash,
+                "received_hash": item.hash,
+            },
+            "occurred_at": item.occurred_at,
+        }
+    )
+
+
+async def _redeem(
+    session: AsyncSession,
+    kiosk: Kiosk,
+    item: IncomingEntry,
+    entry: JournalEntry | None,
+    events: list[_PendingEvent],
+    now: datetime,
+    *,
+    forked: bool,
+) -> None:
+    """A granted decision with a jti: mark the credential redeemed, or catch a double spend."""
+    data = item.data
+    jti = data.get("jti")
+    if item.type != "decision" or data.get("granted") is not True or not isinstance(jti, str):
+        return
+    credential = (
+        await session.exec(select(Credential).where(Credential.jti == jti[:64]).with_for_update())
+    ).first()
+    if credential is None or credential.property_id != kiosk.property_id:
+        log.warning(
+            "redemption of an unknown credential", extra={"kiosk_id": kiosk.id, "seq": item.seq}
+        )
+        return
+    if credential.kind == "standard" and credential.kiosk_id != kiosk.id:
+        log.warning("redemption at the wrong kiosk", extra={"kiosk_id": kiosk.id, "seq": item.seq})
+        return
+    base_payload = {
+        "credential_id": credential.id,
+        "kiosk_id": kiosk.id,
+        "target": data.get("target") or credential.target,
+        "channel": data.get("channel"),
+        "seq": item.seq,
+        "emergency": credential.kind == "emergency",
+    }
+    for name in ("parcel_id", "work_order_id", "key_id"):
+        value = getattr(credential, name)
+        if value is not None:
+            base_payload[name] = value
+    common = {
+        "property_id": kiosk.property_id,
+        "actor": f"kiosk:{kiosk.id}",
+        "subject": f"credential:{credential.id}",
+        "user_id": credential.user_id,
+        "occurred_at": item.occurred_at,
+    }
+    first = credential.redeemed_at is None
+    credential.redemptions += 1
+    if first:
+        credential.redeemed_at = item.occurred_at
+        credential.redeemed_kiosk_id = kiosk.id
+    session.add(credential)
+    if not first:
+        events.append(
+            _PendingEvent(
+                {
+                    **common,
+                    "type": "credential.double_spent",
+                    "payload": {
+                        **base_payload,
+                        "first_kiosk_id": credential.redeemed_kiosk_id,
+                        "first_redeemed_at": credential.redeemed_at.isoformat()
+                        if credential.redeemed_at
+                        else None,
+                        "redemptions": credential.redemptions,
+                        "forked": forked,
+                    },
+                }
+            )
+        )
+        return
+    revoked = credential.revoked_at is not None and credential.revoked_at <= item.occurred_at
+    payload = {**base_payload, "revoked": revoked}
+    extra: dict[str, Any] = {"severity": "warning"} if revoked else {}
+    events.append(
+        _PendingEvent({**common, "type": "credential.redeemed", "payload": payload, **extra})
+    )
+    if entry is not None:
+        for hook in REDEMPTION_HOOKS:
+            await _run_safely(session, entry, hook(session, kiosk, credential, entry, now))
+
+
+async def _run_safely(session: AsyncSession, entry: JournalEntry, call: Awaitable[None]) -> None:
+    try:
+        async with session.begin_nested():
+            await call
+        if entry.status != "failed":
+            entry.status = "handled"
+    except Exception:
+        log.exception(
+            "journal handler failed",
+            extra={"kiosk_id": entry.kiosk_id, "seq": entry.seq, "type": entry.type},
+        )
+        entry.status = "failed"
+    session.add(entry)
+
+
+async def accepted_through(session: AsyncSession, kiosk_id: str) -> tuple[int, list[list[int]]]:
+    """The highest seq with every seq before it stored, and the missing ranges above it."""
+    later = aliased(JournalEntry)
+    ends = (
+        await session.exec(
+            select(JournalEntry.seq)
+            .where(
+                JournalEntry.kiosk_id == kiosk_id,
+                ~exists().where(
+                    and_(col(later.kiosk_id) == kiosk_id, col(later.seq) == JournalEntry.seq + 1)
+                ),
+            )
+            .order_by(col(JournalEntry.seq))
+            .limit(MAX_GAPS + 1)
+        )
+    ).all()
+    if not ends:
+        return 0, []
+    starts = (
+        await session.exec(
+            select(JournalEntry.seq)
+            .where(
+                JournalEntry.kiosk_id == kiosk_id,
+                ~exists().where(
+                    and_(col(later.kiosk_id) == kiosk_id, col(later.seq) == JournalEntry.seq - 1)
+                ),
+            )
+            .order_by(col(JournalEntry.seq))
+            .limit(MAX_GAPS + 1)
+        )
+    ).all()
+    # Runs of stored seqs are [starts[i], ends[i]]; gaps lie between them (and before the first).
+    gaps: list[list[int]] = []
+    through = 0
+    if starts[0] > 1:
+        gaps.append([1, starts[0] - 1])
+    else:
+        through = ends[0]
+    for i in range(1, min(len(starts), len(ends))):
+        gaps.append([ends[i - 1] + 1, starts[i] - 1])
+    return through, gaps[:MAX_GAPS]
+
+
+async def ingest(
+    session: AsyncSession, kiosk: Kiosk, items: Sequence[IncomingEntry], now: datetime
+) -> IngestResult:
+    """Store a batch from ``kiosk``; effects only for entries stored for the first time."""
+    _load_features()
+    ordered = sorted({item.seq: item for item in items}.values(), key=lambda i: i.seq)
+    existing = await _existing(session, kiosk.id, [i.seq for i in ordered])
+    events: list[_PendingEvent] = []
+    result = IngestResult(0, [])
+    batch_hashes: dict[int, str] = {}
+    for item in ordered:
+        stored = existing.get(item.seq)
+        entry: JournalEntry | None = None
+        if stored is None:
+            entry = await _store(session, kiosk, item, now)
+            if entry is None:  # another request stored it a moment ago
+                stored = (await _existing(session, kiosk.id, [item.seq]))[item.seq]
+        if stored is not None:
+            batch_hashes[item.seq] = stored.hash
+            if stored.content_hash == item.content_hash():
+                result.duplicates += 1
+                continue
+            result.forks.append(item.seq)
+            if await _store_fork(session, kiosk, item, now):
+                events.append(_fork_event(kiosk, item, "different_content", stored.hash))
+                await _redeem(session, kiosk, item, None, events, now, forked=True)
+            continue
+        assert entry is not None
+        result.stored += 1
+        batch_hashes[item.seq] = item.hash
+        if item.seq > 1:
+            previous = batch_hashes.get(item.seq - 1) or await _hash_of(
+                session, kiosk.id, item.seq - 1
+            )
+            if previous is not None and item.prev_hash and previous != item.prev_hash:
+                result.forks.append(item.seq)
+                events.append(_fork_event(kiosk, item, "chain_broken", previous))
+        if item.type == "decision":
+            await _redeem(session, kiosk, item, entry, events, now, forked=False)
+        else:
+            handler = JOURNAL_HANDLERS.get(item.type)
+            if handler is not None:
+                await _run_safely(session, entry, handler(session, kiosk, entry, now))
+    await session.flush()
+    for pending in events:
+        await record_event(session, **pending.kwargs)
+    result.accepted_through, result.gaps = await accepted_through(session, kiosk.id)
+    if result.forks:
+        log.warning("kiosk journal forked", extra={"kiosk_id": kiosk.id, "seqs": result.forks[:20]})
+    return result
