@@ -41,7 +41,7 @@ from backend.services.events import record_event, serialise_appends
 from backend.services.kiosks import authenticate_kiosk
 from realtime import protocol
 from realtime.protocol import Ack, Close, KioskAuth, Ping, Pong, encode, parse_client_frame
-from realtime.relay import Hub, get_hub
+from realtime.relay import Hub, current_hub, get_hub
 from realtime.websocket import CLOSE_DRAIN_SECONDS, close_socket, receive_text, text_event
 
 log = logging.getLogger("concierge.realtime.kiosk")
@@ -74,7 +74,10 @@ class KioskConnection:
         """Send one command and wait for its ack; TimeoutError when none arrives."""
         if self.closing is not None:
             raise errors.KioskOffline("The kiosk is disconnecting")
+        given = command.get("id")
         command_id = secrets.token_urlsafe(12)
+        if isinstance(given, str) and 0 < len(given) <= 64 and given not in self.pending:
+            command_id = given  # the caller's id (e.g. the audited override id)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending[command_id] = future
         try:
@@ -257,7 +260,13 @@ async def send_command(
     Raises ``errors.KioskOffline`` when no channel of that kiosk is connected (in any process,
     with Redis) or when it does not acknowledge within ``timeout`` seconds.
     """
-    hub = await get_hub(runtime)
+    hub = current_hub(runtime)
+    if not hub.started and hub.redis is None:
+        # The hub starts with the first socket: without one, no kiosk is connected here. (Not
+        # starting it now also keeps this call free of database work inside the caller's
+        # transaction.)
+        raise errors.KioskOffline("The kiosk is not connected")
+    await hub.start()
     link = hub.kiosks.get(kiosk_id)
     if link is not None:
         try:

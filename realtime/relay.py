@@ -40,9 +40,13 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import msgspec
+from sqlalchemy import event as sa_event
 from sqlalchemy import func
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from backend.db import _sqlite_pragmas, sessionmaker
 from backend.models import Event
 from backend.runtime import Runtime
 from backend.services import events as event_log
@@ -112,6 +116,8 @@ class Hub:
         self._inbox: asyncio.Queue[tuple[str, int, list[dict[str, Any]]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[Any]] = []
         self._started: asyncio.Future[None] | None = None
+        self.started = False
+        self.reads = _read_sessions(runtime)
         self.redis: RedisBridge | None = None
         if self.settings.redis_url:
             self.redis = RedisBridge(
@@ -127,7 +133,7 @@ class Hub:
             return
         self._started = asyncio.get_running_loop().create_future()
         try:
-            async with self.runtime.db.session() as session:
+            async with self.reads() as session:
                 head = (await session.exec(select(func.max(Event.id)))).one()  # type: ignore[arg-type]
             self.last_id = int(head or 0)
             event_log.COMMIT_LISTENERS.append(self._on_commit)
@@ -136,6 +142,7 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._sweep(), name="realtime-sweep"))
             if self.redis is not None:
                 self._tasks.append(asyncio.create_task(self.redis.run(), name="realtime-redis"))
+            self.started = True
             self._started.set_result(None)
         except BaseException as exc:
             self._started.set_exception(exc)
@@ -158,6 +165,8 @@ class Hub:
         self._tasks.clear()
         if self.redis is not None:
             await self.redis.close()
+        if self.reads.kw["bind"] is not self.runtime.db.engine:
+            await self.reads.kw["bind"].dispose()
 
     # -- subscribers -----------------------------------------------------------------------
 
@@ -240,7 +249,7 @@ class Hub:
     async def _read_table(self) -> None:
         self.stats["table_reads"] += 1
         while True:
-            async with self.runtime.db.sessions() as session:
+            async with self.reads() as session:
                 rows = (
                     await session.exec(
                         select(Event)
@@ -321,6 +330,21 @@ class Hub:
         if self.redis is not None:
             return await self.redis.kiosk_owner(kiosk_id) is not None
         return False
+
+
+def _read_sessions(runtime: Runtime) -> async_sessionmaker[AsyncSession]:
+    """Sessions for the relay's and sockets' reads.
+
+    On SQLite the server's engine opens every transaction with BEGIN IMMEDIATE (the write lock),
+    so a read would wait behind any open request; reads here use their own engine in autocommit
+    mode (WAL: readers never block writers, each statement sees committed data). On PostgreSQL
+    the server's engine is used as is.
+    """
+    if not runtime.db.is_sqlite:
+        return runtime.db.sessions
+    engine = create_async_engine(runtime.settings.database_url, connect_args={"timeout": 30})
+    sa_event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return sessionmaker(engine)
 
 
 class _EventView:

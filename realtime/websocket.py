@@ -199,7 +199,7 @@ class AppConnection:
 
     async def _replay(self, after: int) -> None:
         limit = self.settings.ws_resume_max_events
-        async with self.runtime.db.sessions() as session:
+        async with self.hub.reads() as session:
             rows = (
                 await session.exec(
                     select(Event)
@@ -247,7 +247,7 @@ class AppConnection:
 
     async def recheck(self) -> None:
         try:
-            async with self.runtime.db.sessions() as session:
+            async with self.hub.reads() as session:
                 actor = await load_actor(session, self.user_id)
         except errors.InvalidToken:
             self.close(Close.of(protocol.ACCESS_REVOKED))
@@ -306,7 +306,7 @@ def _iso_epoch(epoch: int) -> str:
 
 
 async def _authenticate(
-    socket: WebSocket[Any, Any, Any], runtime: Runtime
+    socket: WebSocket[Any, Any, Any], runtime: Runtime, hub: Hub
 ) -> tuple[Audience, int, int | None] | Close:
     settings = runtime.settings
     try:
@@ -320,7 +320,7 @@ async def _authenticate(
         return Close.of(protocol.BAD_FRAME, "the first frame must be auth")
     try:
         claims = decode_access_token(runtime, frame.token)
-        async with runtime.db.sessions() as session:
+        async with hub.reads() as session:
             actor = await load_actor(session, claims["sub"])
     except errors.TokenExpired:
         return Close.of(protocol.TOKEN_EXPIRED)
@@ -339,7 +339,7 @@ async def realtime_socket(socket: WebSocket[Any, Any, Any]) -> None:
     await socket.accept()
     try:
         hub = await get_hub(runtime)
-        outcome = await _authenticate(socket, runtime)
+        outcome = await _authenticate(socket, runtime, hub)
         if isinstance(outcome, Close):
             await close_socket(socket, outcome)
             return
