@@ -12,28 +12,31 @@ from datetime import timedelta
 import firebase_admin
 from firebase_admin import messaging
 from litestar.testing import AsyncTestClient
-from sqlmodel import select
+from sqlmodel import col, select
 
 from backend.crypto import fingerprint
 from backend.models import Device
 from backend.models.base import utcnow
 from backend.runtime import Runtime
-from push.dispatcher import Dispatcher
-from push.senders import SDK_FCM_URL
+from push.dispatcher import Dispatcher, RoundReport
+from push.senders import SDK_FCM_URL, Outcome
+from tests import push_support
 from tests.push_fake_fcm import PROJECT, FakeFcm
-from tests.push_support import (  # noqa: F401  (fixtures)
+from tests.push_support import (
     add_device,
     at,
-    dispatcher,
     dispatcher_with,
-    fcm,
     notification_for,
     notifications,
     record,
-    runtime,
-    settings,
 )
 from tests.world import World, check
+
+# Fixtures shared by the push tests (bound here so pytest finds them in this module).
+dispatcher = push_support.dispatcher
+fcm = push_support.fcm
+runtime = push_support.runtime
+settings = push_support.settings
 
 
 def test_sdk_still_has_the_fcm_url_we_override() -> None:
@@ -231,9 +234,7 @@ async def test_503_beyond_the_sdk_retries_is_retried_by_us_then_delivered(
     assert item["state"] == "sent"
     assert item["deliveries"][0]["attempts"] == 2
     # Every resend carried the same collapse key: the phone shows it once.
-    assert {r.message["android"]["collapse_key"] for r in fcm.sends()} == {
-        f"concierge-{event_id}"
-    }
+    assert {r.message["android"]["collapse_key"] for r in fcm.sends()} == {f"concierge-{event_id}"}
 
 
 async def test_429_retry_after_is_honoured(
@@ -299,3 +300,38 @@ async def test_retries_stop_at_max_age_and_staff_see_the_failure(
         headers=world.other.people["staff"].headers,
     )
     assert response.status_code == 404
+
+
+async def test_a_worker_that_lost_its_lease_cannot_overwrite_the_newer_outcome(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    """Worker A claims, then freezes past its lease; B re-claims and delivers; A wakes up late."""
+    home = world.home
+    await add_device(client, home.people["resident"], "token-resident")
+    event_id = await _deposit(runtime, world)
+    t0 = utcnow()
+    frozen = Dispatcher(runtime, dispatcher.sender)
+    await frozen.expand(t0)
+    claims, _ = await frozen.claim(t0, RoundReport())
+    assert len(claims) == 1
+
+    later = t0 + timedelta(seconds=runtime.settings.outbox_lease_seconds + 1)
+    report = await dispatcher.run_once(later)
+    assert report.sent == 1
+    assert [r.status for r in fcm.sends()] == [200]
+
+    late = RoundReport()
+    await frozen.record(claims, [Outcome(False, error="UNREGISTERED", permanent=True)], later, late)
+    assert late.lost_leases == 1
+    item = await notification_for(client, home.people["staff"], home.property_id, event_id)
+    assert item["state"] == "sent"
+    assert [(d["state"], d["attempts"]) for d in item["deliveries"]] == [("sent", 2)]
+    async with runtime.db.session() as session:
+        [device] = (
+            await session.exec(select(Device).where(col(Device.push_token).is_not(None)))
+        ).all()
+        assert device.push_token_disabled_at is None  # the stale verdict was not applied

@@ -10,20 +10,23 @@ from litestar.testing import AsyncTestClient
 
 from backend.runtime import Runtime
 from push.dispatcher import Dispatcher
+from tests import push_support
 from tests.push_fake_fcm import FakeFcm
-from tests.push_support import (  # noqa: F401  (fixtures)
+from tests.push_support import (
     add_device,
     at,
-    dispatcher,
-    fcm,
     notification_for,
     record,
-    runtime,
-    settings,
 )
 from tests.world import World, check
 
 NEW_YORK = ZoneInfo("America/New_York")
+
+# Fixtures shared by the push tests (bound here so pytest finds them in this module).
+dispatcher = push_support.dispatcher
+fcm = push_support.fcm
+runtime = push_support.runtime
+settings = push_support.settings
 
 
 def _tomorrow_at(hour: int, minute: int = 0) -> datetime:
@@ -114,9 +117,7 @@ async def test_invalid_preference_updates_are_rejected(
     body: dict[str, object],
 ) -> None:
     resident = world.home.people["resident"]
-    response = await client.put(
-        "/v1/notification-preferences", json=body, headers=resident.headers
-    )
+    response = await client.put("/v1/notification-preferences", json=body, headers=resident.headers)
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "validation_error"
 

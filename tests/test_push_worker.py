@@ -14,25 +14,30 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from litestar.testing import AsyncTestClient
 
 from backend.app import create_app
 from backend.crypto import fingerprint
 from backend.runtime import Runtime
 from backend.settings import Settings
+from tests import push_support
 from tests.push_fake_fcm import FakeFcm
-from tests.push_support import (  # noqa: F401  (fixtures)
+from tests.push_support import (
     add_device,
     eventually,
-    fcm,
     notifications,
     record,
-    runtime,
-    settings,
 )
 from tests.world import World
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+# Fixtures shared by the push tests (bound here so pytest finds them in this module).
+fcm = push_support.fcm
+runtime = push_support.runtime
+settings = push_support.settings
 
 
 def _worker(settings: Settings, *args: str, **env: str) -> subprocess.Popen[str]:
