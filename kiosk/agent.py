@@ -202,26 +202,29 @@ class Agent:
                 raise Offline(f"channel refused: {ready.get('type')}")
             log.info("kiosk.channel_ready kiosk_id=%s", self.state.config.kiosk_id)
             self.backoff.reset()
-            receiver = asyncio.ensure_future(ws.recv())
-            stopper = asyncio.ensure_future(stop.wait())
+            # Commands are answered at once; syncs and uploads run beside them, so a slow
+            # server call never delays an acknowledgement.
+            periodic = asyncio.ensure_future(self._poll(stop))
+            receiver = asyncio.ensure_future(self._receive(ws))
             try:
-                while True:
-                    done, _ = await asyncio.wait(
-                        {receiver, stopper},
-                        timeout=self.upload_interval,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    if stopper in done:
-                        return
-                    if receiver in done:
-                        frame = json.loads(receiver.result())
-                        if isinstance(frame, dict) and frame.get("type") == "command":
-                            await ws.send(json.dumps(await self.handle_command(frame)))
-                        receiver = asyncio.ensure_future(ws.recv())
-                    await self._periodic()
+                done, _ = await asyncio.wait(
+                    {periodic, receiver}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    task.result()  # re-raise Offline / connection errors for the backoff
+                if receiver in done:
+                    raise Offline("command channel closed")
             finally:
-                receiver.cancel()
-                stopper.cancel()
+                for task in (periodic, receiver):
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+    async def _receive(self, ws: Any) -> None:
+        async for raw in ws:
+            frame = json.loads(raw)
+            if isinstance(frame, dict) and frame.get("type") == "command":
+                await ws.send(json.dumps(await self.handle_command(frame)))
 
     async def _periodic(self) -> None:
         due = self.last_sync_ok is None or (

@@ -63,17 +63,20 @@ def _run_enroll(args: argparse.Namespace) -> int:
         return _fail("server_unreachable")
     except EnrollmentFailed as exc:
         return _fail("enrollment_failed", code=str(exc))
-    synced = True
+    sync_error = None
     try:
         sync_blocking(state, ServerClient(state))
-    except (Offline, ServerError):
-        synced = False
+    except Offline:
+        sync_error = "server_unreachable"
+    except ServerError as exc:
+        sync_error = exc.code or f"status_{exc.status}"
     emit(
         {
             "ok": True,
             "kiosk_id": state.config.kiosk_id,
             "property_id": state.config.property_id,
-            "synced": synced,
+            "synced": sync_error is None,
+            "sync_error": sync_error,
         }
     )
     return 0
