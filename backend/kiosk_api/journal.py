@@ -21,7 +21,15 @@ Hash = Annotated[str, msgspec.Meta(max_length=128, pattern=r"^[0-9a-fA-F]*$")]
 class JournalEntryUpload(msgspec.Struct, forbid_unknown_fields=True):
     seq: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    occurred_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    occurred_at: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=10,
+            max_length=64,
+            description="ISO 8601 with a UTC offset",
+            extra_json_schema={"format": "date-time"},
+        ),
+    ]
     data: dict[str, Any] = msgspec.field(default_factory=dict)
     prev_hash: Hash = ""
     hash: Hash = ""
@@ -44,6 +52,16 @@ class JournalAck(msgspec.Struct):
     forked: Annotated[list[int], msgspec.Meta(description="Seqs that differ from what is stored")]
 
 
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise errors.ValidationFailed("occurred_at must be ISO 8601 with a UTC offset")
+    return moment
+
+
 @post(
     "/journal",
     status_code=200,
@@ -54,7 +72,7 @@ async def upload_journal(
     data: JSONBody[JournalUpload], kiosk: KioskDep, session: SessionDep
 ) -> JournalAck:
     items = [
-        journal.IncomingEntry(e.seq, e.type, e.occurred_at, e.prev_hash, e.hash, e.data)
+        journal.IncomingEntry(e.seq, e.type, _moment(e.occurred_at), e.prev_hash, e.hash, e.data)
         for e in data.entries
     ]
     result = await journal.ingest(session, kiosk, items, utcnow())
