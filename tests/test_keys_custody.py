@@ -8,8 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from litestar.testing import AsyncTestClient
 
+from backend.runtime import Runtime
 from backend.settings import Settings
 from tests.processes import run_cli, settings_env
 from tests.vendor_support import (
@@ -37,6 +39,18 @@ async def policy_run(settings: Settings, **overrides: Any) -> list[dict[str, Any
     done = await asyncio.to_thread(run_cli, ["policy", "run-once"], env)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+async def policy_job(settings: Settings, **overrides: Any) -> list[dict[str, Any]]:
+    """The policy engine in this process (what the server's scheduled job runs)."""
+    import backend.app  # noqa: F401  (registers every feature's policy jobs)
+    from backend.services.policy import run_once
+
+    runtime = Runtime.create(msgspec.structs.replace(settings, **overrides))
+    try:
+        return await run_once(runtime)
+    finally:
+        await runtime.db.dispose()
 
 
 def overdue(actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -106,7 +120,7 @@ async def test_overdue_key_alerts_vendor_and_staff_repeating_until_returned(
         )
     )
     key, visit, kiosk = await checked_out_visit(client, home, tmp_path)
-    assert overdue(await policy_run(settings)) == []  # not due yet
+    assert overdue(await policy_job(settings)) == []  # not due yet
 
     # Staff end the visit now: the key is due back at once (grace 0).
     check(
@@ -128,14 +142,14 @@ async def test_overdue_key_alerts_vendor_and_staff_repeating_until_returned(
     assert "key.overdue" in types(await my_events(client, vendor))
 
     # Not again within the repeat interval; again once it has passed.
-    assert overdue(await policy_run(settings)) == []
-    again = overdue(await policy_run(settings, key_overdue_repeat_seconds=0))
+    assert overdue(await policy_job(settings)) == []
+    again = overdue(await policy_job(settings, key_overdue_repeat_seconds=0))
     assert [a["alert"] for a in again] == [2]
 
     # Returned: no more alerts, and the visit has ended for the resident.
     kiosk.report("key.returned", {"key_id": key["id"], "compartment_id": home.compartments["K1"]})
     await kiosk.upload(client)
-    assert overdue(await policy_run(settings, key_overdue_repeat_seconds=0)) == []
+    assert overdue(await policy_job(settings, key_overdue_repeat_seconds=0)) == []
     returned = [e for e in await events_of(client, home) if e["type"] == "key.returned"]
     assert returned[-1]["data"]["late"] is True
     assert "work_order.ended" in types(await my_events(client, home.people["resident"]))

@@ -135,9 +135,10 @@ async def held_open_job(
         )
     ).all()
     for status in rows:
-        if now - status.changed_at < limit:
-            continue
         last = status.held_open_alerted_at
+        # Not yet past the limit, unless the kiosk already reported it held open.
+        if last is None and now - status.changed_at < limit:
+            continue
         if last is not None and now - last < repeat:
             continue
         status.held_open_alerted_at = now

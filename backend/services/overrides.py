@@ -57,8 +57,14 @@ async def open_remotely(
         command["compartment_id"] = payload["compartment_id"] = compartment.id
         target = f"compartment:{compartment.id}"
     command["reason"] = reason
+    property_id = kiosk.property_id
 
     from realtime.kiosk_channel import send_command
+
+    # End the (read-only) transaction before waiting on the network: a transaction holds
+    # SQLite's write lock (BEGIN IMMEDIATE) and PostgreSQL connection state; the audit event
+    # below is written in a fresh one, committed by the caller's unit of work as usual.
+    await session.commit()
 
     timeout = runtime.settings.override_ack_timeout_seconds
     try:
@@ -73,7 +79,7 @@ async def open_remotely(
     payload.update({"target": target, "acknowledged": acknowledged, "ok": ok, "detail": detail})
     await record_event(
         session,
-        property_id=kiosk.property_id,
+        property_id=property_id,
         type="override.used",
         actor=f"user:{actor.user_id}",
         subject=target,
