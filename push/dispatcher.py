@@ -158,12 +158,16 @@ class Dispatcher:
             quiet_end = preferences.quiet_hours_end(prop, now) if prop is not None else None
             due = quiet_end or now
         created = 0
+        tokens: set[str] = set()  # one phone registered twice gets it once
         for person in await recipients.recipients(session, event, template):
             if not await preferences.wants_push(
                 session, person.user_id, event.type, template, person.is_staff
             ):
                 continue
             for device in await recipients.push_devices(session, [person.user_id]):
+                if device.push_token in tokens:
+                    continue
+                tokens.add(device.push_token or "")
                 session.add(
                     PushDelivery(
                         outbox_id=row.id,
@@ -338,6 +342,9 @@ class Dispatcher:
         if outcome.permanent:
             report.invalid_tokens += 1
             return {"state": "invalid_token", "last_error": outcome.error, **done}
+        if outcome.give_up:
+            report.failed += 1
+            return {"state": "failed", "last_error": outcome.error, **done}
         step = min(MAX_BACKOFF_SECONDS, self.retry_base * 2 ** max(0, claim.attempts - 1))
         delay = step / 2 + random.uniform(0, step / 2)  # equal jitter: spread, never zero
         if outcome.retry_after is not None:

@@ -65,6 +65,19 @@ class Outcome:
     error: str | None = None
     permanent: bool = False
     retry_after: float | None = None
+    give_up: bool = False  # our message is invalid: retrying cannot help, the token is fine
+
+
+INVALID_MESSAGE = Outcome(False, error="INVALID_MESSAGE", give_up=True)
+
+
+def encodable(message: messaging.Message) -> bool:
+    """The SDK validates a message only while encoding it; one bad message must not sink a batch."""
+    try:
+        encode(message)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 class Sender(Protocol):
@@ -154,6 +167,18 @@ class FcmSender:
         return await messaging.send_each_async(messages, dry_run=False, app=self._app)
 
     async def send(self, batch: list[Outgoing]) -> list[Outcome]:
+        results: dict[int, Outcome] = {}
+        valid = []
+        for item in batch:
+            if encodable(item.message):
+                valid.append(item)
+            else:
+                results[item.delivery_id] = INVALID_MESSAGE
+        for item, outcome in zip(valid, await self._send_valid(valid), strict=True):
+            results[item.delivery_id] = outcome
+        return [results[item.delivery_id] for item in batch]
+
+    async def _send_valid(self, batch: list[Outgoing]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         for start in range(0, len(batch), MAX_BATCH):
             chunk = batch[start : start + MAX_BATCH]
@@ -207,13 +232,14 @@ class LogSender:
     def __init__(self, settings: Settings) -> None:
         self.path = Path(settings.push_log_path or Path(settings.var_dir) / "push.log")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._counter = 0
 
     async def send(self, batch: list[Outgoing]) -> list[Outcome]:
         lines = []
         outcomes = []
         for item in batch:
-            self._counter += 1
+            if not encodable(item.message):
+                outcomes.append(INVALID_MESSAGE)
+                continue
             body = encode(item.message)
             body.pop("token", None)
             body["token_fingerprint"] = fingerprint(item.token)

@@ -264,3 +264,18 @@ async def test_pushes_never_cross_tenants_or_units(
         ("parcel.deposited", "home-resident"),
         ("work_order.started", "home-vendor"),
     ]
+
+
+async def test_a_phone_registered_twice_gets_one_push(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    resident = world.home.people["resident"]
+    await add_device(client, resident, "token-same-phone")
+    await add_device(client, resident, "token-same-phone", platform="ios")
+    await _parcel_event(runtime, world, "parcel.deposited")
+    await dispatcher.drain()
+    assert [r.token for r in fcm.sends()] == ["token-same-phone"]
