@@ -87,6 +87,9 @@ class CredentialsView(msgspec.Struct):
         errors.AccessRevoked,
         errors.OutsideAccessWindow,
         errors.Conflict,
+        errors.NothingToOpen,
+        errors.WorkOrderClosed,
+        errors.ParcelStateConflict,
         errors.ServiceUnavailable,
     ),
 )
