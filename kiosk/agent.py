@@ -24,6 +24,7 @@ from kiosk.assertion import sign_assertion
 from kiosk.client import Backoff, Offline, ServerClient, ServerError
 from kiosk.credential import public_key_b64url
 from kiosk.state import KioskConfig, KioskState, NotEnrolled, load_or_create_key
+from kiosk.store import UPLOAD_BATCH
 
 log = logging.getLogger("kiosk.agent")
 
@@ -74,14 +75,22 @@ def _check_sync_document(state: KioskState, doc: Any) -> dict[str, Any]:
     return doc
 
 
+def _after_sync(state: KioskState, doc: dict[str, Any]) -> None:
+    skew = float((doc.get("policy") or {}).get("clock_skew_seconds", 30))
+    state.store.prune_spent(state.now(), skew)
+    # The server may already hold entries we still keep (an upload whose answer was lost).
+    through = doc.get("journal_accepted_through")
+    if isinstance(through, int) and through > state.store.acked_through():
+        state.store.acknowledge(through)
+
+
 async def sync(state: KioskState, client: ServerClient) -> dict[str, Any]:
     """Pull the sync document, store it, set the clock from the server's time."""
     started = time.monotonic()
     doc = _check_sync_document(state, await client.arequest("GET", "/v1/kiosk/sync"))
     half_rtt = (time.monotonic() - started) / 2
     state.store.save_sync(doc, float(doc["server_time"]) + half_rtt)
-    skew = float((doc.get("policy") or {}).get("clock_skew_seconds", 30))
-    state.store.prune_spent(state.now(), skew)
+    _after_sync(state, doc)
     return doc
 
 
@@ -90,15 +99,14 @@ def sync_blocking(state: KioskState, client: ServerClient) -> dict[str, Any]:
     doc = _check_sync_document(state, client.request("GET", "/v1/kiosk/sync"))
     half_rtt = (time.monotonic() - started) / 2
     state.store.save_sync(doc, float(doc["server_time"]) + half_rtt)
-    skew = float((doc.get("policy") or {}).get("clock_skew_seconds", 30))
-    state.store.prune_spent(state.now(), skew)
+    _after_sync(state, doc)
     return doc
 
 
 async def upload(state: KioskState, client: ServerClient) -> int:
     """Upload pending journal entries in batches; returns the acknowledged seq."""
     while True:
-        entries = state.store.pending_entries()
+        entries = state.store.pending_entries(limit=UPLOAD_BATCH)
         if not entries:
             return state.store.acked_through()
         answer = await client.arequest("POST", "/v1/kiosk/journal", json={"entries": entries})

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kiosk.doors import DoorDriver, SimulatedDoorDriver
-from kiosk.store import KioskStore
+from kiosk.store import UPLOAD_BATCH, KioskStore
 from kiosk.verifier import Decision, Verifier
 
 CONFIG_FILE = "config.json"
@@ -181,7 +181,7 @@ class KioskState:
 def upload_journal(state: KioskState, client: Any) -> int:
     """Upload pending entries in batches (sync client); returns the acknowledged seq."""
     while True:
-        entries = state.store.pending_entries()
+        entries = state.store.pending_entries(limit=UPLOAD_BATCH)
         if not entries:
             return state.store.acked_through()
         answer = client.request("POST", "/v1/kiosk/journal", json={"entries": entries})

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 GENESIS_HASH = "0" * 64
+#: Journal entries per upload request (well under the server's body limit).
+UPLOAD_BATCH = 200
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
