@@ -15,7 +15,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 import mobile_api
 from backend import health, jwks, kiosk_api, staff_api
-from backend.dependencies import provide_runtime, provide_session
+from backend.dependencies import close_sessions_middleware, provide_runtime, provide_session
 from backend.logs import request_id_middleware
 from backend.openapi_strict import StrictStructSchemaPlugin, finish_openapi
 from backend.problems import exception_handlers
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             "session": Provide(provide_session),
         },
         exception_handlers=exception_handlers,
-        middleware=[request_id_middleware],
+        middleware=[request_id_middleware, close_sessions_middleware],
         openapi_config=_openapi(),
         plugins=[StrictStructSchemaPlugin()],
         request_max_body_size=settings.max_body_bytes,

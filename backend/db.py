@@ -80,3 +80,23 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def insert_if_absent(session: AsyncSession, model: Any, values: dict[str, Any]) -> bool:
+    """``INSERT ... ON CONFLICT DO NOTHING``; True when the row was inserted.
+
+    "Exactly once" rules live in unique constraints; this asks the database instead of
+    catching ``IntegrityError`` (which would poison the surrounding transaction).
+    """
+    bind = session.bind
+    table = model.__table__
+    if bind is not None and bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement: Any = pg_insert(table).values(**values).on_conflict_do_nothing()
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(table).values(**values).on_conflict_do_nothing()
+    result = await session.exec(statement)
+    return bool(getattr(result, "rowcount", 0) == 1)

@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import errors
@@ -16,7 +17,6 @@ from backend.models import Kiosk
 from backend.models.base import utcnow
 from backend.runtime import Runtime
 from backend.services.kiosks import authenticate_kiosk
-
 
 # Explicit dependency markers for handler signatures (Litestar 2.25 deprecates inferred ones).
 RuntimeDep = NamedDependency[Runtime]
@@ -30,10 +30,19 @@ def provide_runtime(state: State) -> Runtime:
     return runtime
 
 
-async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
-    """The request's unit of work: committed before the response is sent, else rolled back."""
+OPEN_SESSIONS = "concierge.sessions"
+
+
+async def provide_session(state: State, scope: Scope) -> AsyncGenerator[AsyncSession, None]:
+    """The request's unit of work: committed before the response is sent, else rolled back.
+
+    The session is also noted in the ASGI scope: Litestar skips a generator dependency's
+    cleanup when a *later* dependency (authentication) raises, so ``close_sessions_middleware``
+    closes whatever is still open once the request is done.
+    """
     runtime: Runtime = state.runtime
     async with runtime.db.sessions() as session:
+        scope.setdefault(OPEN_SESSIONS, []).append(session)  # type: ignore[typeddict-unknown-key]
         try:
             yield session
         except BaseException:
@@ -41,6 +50,19 @@ async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
             raise
         else:
             await session.commit()
+
+
+def close_sessions_middleware(app: ASGIApp) -> ASGIApp:
+    """Close sessions whose dependency cleanup never ran (see ``provide_session``)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        finally:
+            for session in scope.get(OPEN_SESSIONS, []):  # type: ignore[attr-defined]
+                await session.close()
+
+    return middleware
 
 
 async def provide_user(

@@ -53,7 +53,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Give every request an id (the client's ``X-Request-Id`` if sane) and echo it back."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")

@@ -8,6 +8,7 @@ answers a generic ``internal_error``: a client never sees driver text or a stack
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -21,6 +22,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi import ResponseSpec
+from sqlalchemy import exc as sa_exc
 
 from backend import errors
 
@@ -62,7 +64,7 @@ def problem(
         "detail": detail,
         "code": code,
     }
-    body.update({k: v for k, v in extra.items()})
+    body.update(dict(extra.items()))
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -73,14 +75,29 @@ def _concierge_error(_: Request[Any, Any, Any], exc: errors.ConciergeError) -> R
     return problem(exc.status, exc.code, exc.title, exc.detail, headers=headers, **exc.extra)
 
 
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_AT_PATH = re.compile(r"at `\$\.([^`]+)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def _field_of(item: dict[str, Any]) -> str:
+    """The offending field: msgspec names it in the message (``at `$.size` ``, ``unknown field``)."""
+    message = str(item.get("message", ""))
+    for pattern in (_UNKNOWN_FIELD, _MISSING, _AT_PATH):
+        match = pattern.search(message)
+        if match:
+            return match.group(1)
+    key = item.get("key")
+    return str(key) if key and key != "data" else "body"
+
+
 def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    field_errors = []
-    for item in exc.extra if isinstance(exc.extra, list) else []:
-        if isinstance(item, dict):
-            key = str(item.get("key") or item.get("source") or "body")
-            field_errors.append({"field": key, "message": str(item.get("message", "invalid"))})
-    detail = str(exc.detail) if exc.detail else "The request is not valid"
-    # msgspec names the field in its message ("... at `$.size`"); keep that, drop anything else.
+    field_errors = [
+        {"field": _field_of(item), "message": str(item.get("message", "invalid"))}
+        for item in (exc.extra if isinstance(exc.extra, list) else [])
+        if isinstance(item, dict)
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors) or "The request is not valid"
     return problem(400, "validation_error", "The request is not valid", detail, errors=field_errors)
 
 
@@ -103,7 +120,11 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
         log.error("http error %s", status)
         return problem(status, "internal_error", "Internal error", "The server could not do that")
     detail = title if status in (401, 403, 404, 405) else str(exc.detail or title)
-    return problem(status, code, title, detail)
+    if status == 400 and detail.startswith("JSON is malformed"):
+        return problem(400, "malformed_body", "The body is not valid JSON", detail)
+    # Keep the router's headers (405 must say which methods are allowed: RFC 9110 `Allow`).
+    allow = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
+    return problem(status, code, title, detail, headers=allow or None)
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -111,7 +132,36 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return problem(500, "internal_error", "Internal error", "The server could not do that")
 
 
+def _dependency_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The database (or another backing service) is unreachable: 503, the client retries."""
+    log.warning(
+        "backing service unavailable on %s %s: %s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+    )
+    return problem(
+        503,
+        "service_unavailable",
+        "Temporarily unavailable",
+        "A backing service is unreachable; retry shortly",
+        headers={"Retry-After": "2"},
+    )
+
+
+def _database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Lost or refused connections are outages (503); any other driver error is a bug (500)."""
+    lost = isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    )
+    return _dependency_unavailable(request, exc) if lost else _internal_error(request, exc)
+
+
 exception_handlers: dict[type[Exception] | int, Any] = {
+    # Connection loss (an outage, a failover) is temporary: 503 with Retry-After, not a 500.
+    sa_exc.DBAPIError: _database_error,
+    sa_exc.TimeoutError: _dependency_unavailable,
+    ConnectionError: _dependency_unavailable,
     errors.ConciergeError: _concierge_error,
     ValidationException: _validation_error,
     NotAuthorizedException: _http_error,

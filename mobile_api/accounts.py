@@ -97,17 +97,13 @@ async def sign_in(
     runtime: RuntimeDep,
     session: SessionDep,
 ) -> TokenView:
-    """Failed attempts are recorded in their own transaction so the throttle survives the error."""
+    """A failure is committed before the error is raised, so the throttle counts it."""
     now = utcnow()
     try:
-        return _tokens(
-            await accounts.login(
-                session, runtime, data.email, data.password, _address(request), now
-            )
-        )
+        return _tokens(await accounts.login(session, runtime, data.email, data.password, _address(request), now))
     except errors.InvalidCredentials:
-        async with runtime.db.session() as failures:
-            await accounts.record_login_failure(failures, data.email, _address(request), now)
+        await accounts.record_login_failure(session, data.email, _address(request), now)
+        await session.commit()
         raise
 
 

@@ -53,13 +53,14 @@ def id_field() -> Any:
 def fk(
     target: str, *, index: bool = True, nullable: bool = False, ondelete: str | None = None
 ) -> Any:
+    options: dict[str, Any] = {"ondelete": ondelete} if ondelete else {}
     return Field(
         default=None if nullable else ...,
         foreign_key=target,
         index=index,
         max_length=32,
         nullable=nullable,
-        ondelete=ondelete,  # type: ignore[arg-type]
+        **options,
     )
 
 

@@ -87,8 +87,8 @@ async def login(
 ) -> TokenPair:
     """Tokens for a correct password; 429 past the failure budget even for the right password.
 
-    The failure is recorded by the caller's transaction *and* survives the error: the caller
-    commits failures through ``record_login_failure`` in a separate unit of work.
+    On ``InvalidCredentials`` the caller records the failure (``record_login_failure``) and
+    commits it before answering, so the throttle survives the error response.
     """
     email = email.strip().lower()
     await _check_throttle(session, runtime, email, address, now)

@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import errors
 from backend.auth import Actor
 from backend.crypto import b64url_decode, sha256_hex
+from backend.db import insert_if_absent
 from backend.models import Compartment, Kiosk, KioskAssertionUse
 from backend.runtime import Runtime
 from backend.scoping import get_in_property, staff_property
@@ -177,15 +177,15 @@ async def authenticate_kiosk(
 async def _spend_assertion(
     session: AsyncSession, kiosk_id: str, jti: str, expires_at: datetime, now: datetime
 ) -> None:
-    """Record the jti in its own savepoint: the unique constraint makes a replay fail."""
+    """Record the jti; the unique (kiosk_id, jti) constraint makes a replay fail."""
     await session.exec(  # type: ignore[call-overload]
         delete(KioskAssertionUse).where(col(KioskAssertionUse.expires_at) < now)
     )
-    try:
-        async with session.begin_nested():
-            session.add(KioskAssertionUse(kiosk_id=kiosk_id, jti=jti, expires_at=expires_at))
-    except IntegrityError:
-        raise errors.KioskAssertionReplayed() from None
+    fresh = await insert_if_absent(
+        session, KioskAssertionUse, {"kiosk_id": kiosk_id, "jti": jti, "expires_at": expires_at}
+    )
+    if not fresh:
+        raise errors.KioskAssertionReplayed()
 
 
 async def create_compartment(

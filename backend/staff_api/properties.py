@@ -39,7 +39,7 @@ class PolicySpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     overflow_after_days: Annotated[int, msgspec.Meta(ge=0, le=365)] | msgspec.UnsetType = (
         msgspec.UNSET
     )
-    quiet_hours: QuietHoursSpec | None | msgspec.UnsetType = msgspec.UNSET
+    quiet_hours: QuietHoursSpec | msgspec.UnsetType | None = msgspec.UNSET
     pin_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] | msgspec.UnsetType = msgspec.UNSET
     pin_lockout_minutes: Annotated[int, msgspec.Meta(ge=1, le=10080)] | msgspec.UnsetType = (
         msgspec.UNSET
@@ -62,7 +62,7 @@ class PolicySpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     emergency_requires_approval: bool | msgspec.UnsetType = msgspec.UNSET
 
     def changes(self) -> dict[str, Any]:
-        return {k: v for k, v in msgspec.to_builtins(self).items()}
+        return dict(msgspec.to_builtins(self).items())
 
 
 class PropertyCreate(msgspec.Struct, forbid_unknown_fields=True):
