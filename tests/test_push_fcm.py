@@ -335,3 +335,52 @@ async def test_a_worker_that_lost_its_lease_cannot_overwrite_the_newer_outcome(
             await session.exec(select(Device).where(col(Device.push_token).is_not(None)))
         ).all()
         assert device.push_token_disabled_at is None  # the stale verdict was not applied
+
+
+async def test_a_kiosk_deposit_through_the_api_pushes_to_the_unit(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    """The whole path: courier at the kiosk -> door closed -> outbox -> FCM request."""
+    home = world.home
+    resident = home.people["resident"]
+    await add_device(client, resident, "token-resident-4b")
+    await add_device(client, home.people["neighbour"], "token-neighbour-1a")
+    assigned = check(
+        await client.post(
+            "/v1/kiosk/deliveries",
+            json={"carrier": "UPS", "tracking": "1Z999PUSH", "unit": "4B", "size": "M"},
+            headers=home.kiosk.headers(),
+        ),
+        201,
+    )
+    parcel_id = assigned["parcel_id"]
+    await dispatcher.drain()
+    assert fcm.sends() == []  # assigned is not deposited: nobody is told yet
+    check(
+        await client.post(
+            f"/v1/kiosk/deliveries/{parcel_id}/deposited", json={}, headers=home.kiosk.headers()
+        )
+    )
+    await dispatcher.drain()
+
+    [request] = fcm.sends()
+    message = request.message
+    assert message["token"] == "token-resident-4b"
+    assert message["notification"] == {
+        "title": "Parcel waiting for you",
+        "body": f"A parcel is in locker {assigned['compartment']['label']} at Home Towers lockers.",
+    }
+    data = message["data"]
+    assert data["type"] == "parcel.deposited"
+    assert data["parcel_id"] == parcel_id
+    assert data["compartment_id"] == assigned["compartment"]["id"]
+    assert data["kiosk_id"] == home.kiosk.id
+    assert data["unit_id"] == home.units["4B"]
+    assert data["link"] == f"concierge://parcels/{parcel_id}"
+    parcel = check(await client.get(f"/v1/parcels/{parcel_id}", headers=resident.headers))
+    pin = parcel.get("pickup_pin")
+    assert pin, parcel
+    assert pin not in json.dumps(request.body)
