@@ -120,6 +120,30 @@ async def test_enroll_sync_run_and_remote_open(settings: Settings, tmp_path: Pat
             assert (body.get("acknowledged"), body.get("ok")) == (True, True), body
             opened = KioskState.open(state_dir).doors.logged()  # type: ignore[attr-defined]
             assert [o.target for o in opened] == [f"door:{door['id']}"]
+            # A door of another kiosk is refused by the kiosk itself.
+            from realtime.kiosk_channel import send_command
+
+            refused = await send_command(
+                server.runtime,
+                created["id"],
+                {
+                    "type": "command",
+                    "id": "c-other",
+                    "action": "open",
+                    "door_id": home.door_id,
+                    "reason": "test",
+                },
+                10,
+            )
+            assert (refused["ok"], refused["detail"]) == (False, "unknown_target")
+            # "sync now" makes the kiosk pull a revocation at once.
+            synced_ack = await send_command(
+                server.runtime,
+                created["id"],
+                {"type": "command", "id": "c-sync", "action": "sync"},
+                10,
+            )
+            assert (synced_ack["ok"], synced_ack["detail"]) == (True, "synced")
             # The command is journaled and the agent uploads it.
             for _ in range(100):
                 if not KioskState.open(state_dir).store.pending_entries():

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,64 @@ def test_sync_while_offline_reports_staleness(state_dir: tuple[Path, Scene]) -> 
     assert (code, out["reason"]) == (1, "server_unreachable")
     assert out["revocation_list_age_seconds"] is not None
     assert "Traceback" not in err
+
+
+def test_agent_keeps_running_offline_and_reports_staleness(
+    state_dir: tuple[Path, Scene], tmp_path: Path
+) -> None:
+    directory, _ = state_dir
+    log_path = tmp_path / "agent.log"
+    with log_path.open("w") as log_file:
+        agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kiosk.cli",
+                "run",
+                "--state-dir",
+                str(directory),
+                "--sync-interval",
+                "1",
+                "--upload-interval",
+                "0.2",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                log = log_path.read_text()
+                if log.count("kiosk.offline") >= 2 or agent.poll() is not None:
+                    break
+                time.sleep(0.2)
+            still_running = agent.poll() is None
+        finally:
+            agent.terminate()
+            agent.wait(timeout=20)
+    log = log_path.read_text()
+    assert still_running, log
+    assert log.count("kiosk.offline") >= 2  # it retried, with backoff
+    assert "kiosk.revocation_list_age" in log
+    assert "Traceback" not in log
+
+
+def test_two_processes_cannot_both_spend_one_jti(state_dir: tuple[Path, Scene]) -> None:
+    directory, scene = state_dir
+    presentation = scene.present(iat=int(scene.store.now()))
+    script = (
+        "import sys, json; from kiosk.state import KioskState; "
+        "d = KioskState.open(sys.argv[1]).verifier.redeem(sys.argv[2]); "
+        "print(json.dumps({'granted': d.granted, 'reason': d.reason}))"
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(directory), presentation],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [json.loads(p.communicate(timeout=60)[0]) for p in runs]
+    assert sorted(r["reason"] for r in results) == ["already_used"] * 3 + ["granted"]
