@@ -54,6 +54,9 @@ TEMPLATES: dict[str, Template] = {
     "work_order.starting": _t("user", category="reminder", link="work-orders"),
     "work_order.started": _t("user", "unit", high_priority=True, ttl=HOUR, link="work-orders"),
     "work_order.ended": _t("user", "unit", link="work-orders"),
+    "work_order.scheduled": _t("user", link="work-orders"),
+    "work_order.shortened": _t("user", "unit", high_priority=True, link="work-orders"),
+    "work_order.cancelled": _t("user", "unit", high_priority=True, link="work-orders"),
     "key.overdue": _t("user", "staff", category="alarm", high_priority=True, link="keys"),
     "door.forced": _t(
         "staff", category="alarm", high_priority=True, ttl=HOUR, time_sensitive=True, link="doors"
@@ -69,6 +72,16 @@ TEMPLATES: dict[str, Template] = {
     ),
     "credential.double_spent": _t("staff", category="alarm", high_priority=True, link="events"),
     "kiosk.journal_forked": _t("staff", category="alarm", high_priority=True, link="kiosks"),
+    "emergency.requested": _t(
+        "staff",
+        category="alarm",
+        high_priority=True,
+        ttl=HOUR,
+        time_sensitive=True,
+        link="emergency-requests",
+    ),
+    "pin.burst": _t("staff", category="alarm", high_priority=True, link="kiosks"),
+    "key.lost": _t("staff", category="alarm", high_priority=True, link="keys"),
     "kiosk.offline": _t("staff", ttl=HOUR, link="kiosks"),
 }
 
@@ -92,6 +105,12 @@ CATALOG: dict[str, dict[str, str]] = {
         "work_order.started.body": "The access window for unit {unit} is open.",
         "work_order.ended.title": "Visit ended",
         "work_order.ended.body": "The access window for unit {unit} has closed.",
+        "work_order.scheduled.title": "New visit scheduled",
+        "work_order.scheduled.body": "You have a new visit to unit {unit}.",
+        "work_order.shortened.title": "Visit shortened",
+        "work_order.shortened.body": "The access window for unit {unit} now ends earlier.",
+        "work_order.cancelled.title": "Visit cancelled",
+        "work_order.cancelled.body": "The visit to unit {unit} was cancelled.",
         "key.overdue.title": "Key overdue",
         "key.overdue.body": "Key {key} has not been returned on time.",
         "door.forced.title": "Door forced open",
@@ -106,6 +125,12 @@ CATALOG: dict[str, dict[str, str]] = {
         "credential.double_spent.body": "A one-time credential was presented twice at {kiosk}.",
         "kiosk.journal_forked.title": "Kiosk journal conflict",
         "kiosk.journal_forked.body": "{kiosk} sent conflicting journal entries.",
+        "emergency.requested.title": "Emergency access requested",
+        "emergency.requested.body": "A colleague asks for emergency access: approval needed.",
+        "pin.burst.title": "Many wrong PINs",
+        "pin.burst.body": "{kiosk} saw many wrong pickup PINs and paused PIN entry.",
+        "key.lost.title": "Key reported lost",
+        "key.lost.body": "Key {key} was reported lost.",
         "kiosk.offline.title": "Kiosk offline",
         "kiosk.offline.body": "{kiosk} is not connected.",
     }
@@ -122,6 +147,7 @@ ID_FIELDS = (
     "work_order_id",
     "credential_id",
     "unit_id",
+    "request_id",
 )
 # ... and the only display labels its text may use (resolved from the database by id).
 LABELS = ("compartment", "kiosk", "door", "unit", "key")
@@ -138,6 +164,7 @@ DEEP_LINK_ID = {
     "keys": "key_id",
     "doors": "door_id",
     "kiosks": "kiosk_id",
+    "emergency-requests": "request_id",
 }
 
 

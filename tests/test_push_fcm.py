@@ -18,6 +18,7 @@ from backend.crypto import fingerprint
 from backend.models import Device
 from backend.models.base import utcnow
 from backend.runtime import Runtime
+from push import messages as push_messages
 from push.dispatcher import Dispatcher, RoundReport
 from push.senders import SDK_FCM_URL, Outcome
 from tests import push_support
@@ -384,3 +385,14 @@ async def test_a_kiosk_deposit_through_the_api_pushes_to_the_unit(
     pin = parcel.get("pickup_pin")
     assert pin, parcel
     assert pin not in json.dumps(request.body)
+
+
+def test_every_push_template_has_texts_in_every_locale() -> None:
+    for locale, catalog in push_messages.CATALOG.items():
+        for event_type in push_messages.TEMPLATES:
+            for part in ("title", "body"):
+                text = push_messages.text(f"{event_type}.{part}", {}, locale)
+                assert text and "{" not in text, (locale, event_type, part)
+        assert set(catalog) == {
+            f"{t}.{part}" for t in push_messages.TEMPLATES for part in ("title", "body")
+        }
