@@ -392,7 +392,8 @@ def test_every_push_template_has_texts_in_every_locale() -> None:
         for event_type in push_messages.TEMPLATES:
             for part in ("title", "body"):
                 text = push_messages.text(f"{event_type}.{part}", {}, locale)
-                assert text and "{" not in text, (locale, event_type, part)
+                assert text, (locale, event_type, part)
+                assert "{" not in text, (locale, event_type, part)
         assert set(catalog) == {
             f"{t}.{part}" for t in push_messages.TEMPLATES for part in ("title", "body")
         }
