@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -90,7 +91,24 @@ def main() -> None:
             if not result.granted:
                 raise RuntimeError(result.reason)
 
-        durable_samples = _burst("durable", durable, 0, durable_count)
+        # Baseline for the durable path: one bare INSERT + COMMIT with the same pragmas (the
+        # fsync the disk charges for any durable write), alternated with the redeem bursts.
+        raw_db = sqlite3.connect(str(Path(tmp) / "raw.db"), isolation_level=None)
+        raw_db.execute("PRAGMA journal_mode=WAL")
+        raw_db.execute("PRAGMA synchronous=FULL")
+        raw_db.execute("CREATE TABLE spent (jti TEXT PRIMARY KEY)")
+
+        def raw_commit(i: int) -> None:
+            raw_db.execute("BEGIN IMMEDIATE")
+            raw_db.execute("INSERT INTO spent VALUES (?)", (str(i),))
+            raw_db.execute("COMMIT")
+
+        durable_samples, commit_samples = Samples("durable"), Samples("raw_commit")
+        step = max(1, durable_count // 10)
+        for start in range(0, durable_count, step):
+            durable_samples.add(_burst("durable", durable, start, step))
+            commit_samples.add(_burst("raw_commit", raw_commit, start, step))
+        raw_db.close()
         store.close()
 
     emit(
@@ -106,6 +124,7 @@ def main() -> None:
                 "p99_target_ms": 10.0,
                 "sqlite": "WAL, synchronous=FULL",
             },
+            "raw_sqlite_commit": commit_samples.summary(),
             "rounds": rounds,
             "per_burst": per_burst,
         }
