@@ -18,7 +18,7 @@ from tests.credentials_helpers import (
     sync,
     upload,
 )
-from tests.world import World, check
+from tests.world import World, check, enroll_kiosk
 
 
 async def _credential(client: AsyncTestClient, world: World) -> dict[str, Any]:  # type: ignore[type-arg]
@@ -207,3 +207,43 @@ async def test_journal_requires_a_valid_fresh_assertion(
         "/v1/kiosk/journal", json={"entries": [{**entry(2), "seq": 0}]}, headers=kiosk.headers()
     )
     assert check(bad, 400)["code"] == "validation_error"
+
+
+async def test_emergency_credential_is_good_once_per_kiosk(
+    world: World, client: AsyncTestClient
+) -> None:  # type: ignore[type-arg]
+    home = world.home
+    staff = home.people["staff"]
+    device_id, _ = await register_device(client, staff)
+    check(
+        await client.put(
+            f"/v1/staff/properties/{home.property_id}/members/{staff.user_id}/emergency-permission",
+            json={"can_emergency": True},
+            headers=world.admin.headers,
+        )
+    )
+    issued = check(
+        await client.post(
+            f"/v1/staff/properties/{home.property_id}/emergency-access",
+            json={"device_id": device_id, "reason": "fire alarm"},
+            headers=staff.headers,
+        ),
+        201,
+    )
+    jti = issued["credential"]["id"]
+    second_kiosk = await enroll_kiosk(client, staff, home.property_id, "Garage controller")
+    use = {"emergency": True, "role": "staff"}
+    await upload(client, home.kiosk, [decision(1, jti, f"door:{home.door_id}", **use)])
+    await upload(client, second_kiosk, [decision(1, jti, "door:garage", **use)])
+    redeemed = await audit(client, staff, home.property_id, "credential.redeemed")
+    assert sorted(e["data"]["kiosk_id"] for e in redeemed) == sorted(
+        [home.kiosk.id, second_kiosk.id]
+    )
+    assert all(e["data"]["emergency"] for e in redeemed)
+    assert await audit(client, staff, home.property_id, "credential.double_spent") == []
+    # Every use alerted staff (the emergency feature's redemption hook ran at each kiosk).
+    assert len(await audit(client, staff, home.property_id, "emergency.used")) == 2
+    # The same kiosk twice is a double spend (its spent store was rolled back).
+    await upload(client, home.kiosk, [decision(2, jti, f"door:{home.door_id}", **use)])
+    (spent,) = await audit(client, staff, home.property_id, "credential.double_spent")
+    assert spent["data"]["first_kiosk_id"] == home.kiosk.id

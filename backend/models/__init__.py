@@ -2,6 +2,7 @@
 
 from backend.models.credential import (
     Credential,
+    CredentialRedemption,
     JournalEntry,
     JournalFork,
     Revocation,
@@ -16,12 +17,8 @@ from backend.models.user import Device, Invitation, LoginFailure, Membership, Re
 from backend.models.work_order import DoorStatus, EmergencyRequest, KeyCustody, KeyItem, WorkOrder
 
 __all__ = [
-    "DoorStatus",
-    "EmergencyRequest",
-    "KeyCustody",
-    "KeyItem",
-    "WorkOrder",
     "Credential",
+    "CredentialRedemption",
     "JournalEntry",
     "JournalFork",
     "Revocation",

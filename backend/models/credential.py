@@ -78,6 +78,20 @@ class Credential(SQLModel, table=True):
     token: ClassVar[str | None] = None
 
 
+class CredentialRedemption(SQLModel, table=True):
+    """Every redemption a kiosk reported (a double spend keeps both rows)."""
+
+    __tablename__ = "credential_redemption"
+
+    id: int | None = Field(default=None, primary_key=True)
+    credential_id: str = fk("credential.id", ondelete="CASCADE")
+    kiosk_id: str = fk("kiosk.id", ondelete="CASCADE")
+    seq: int
+    occurred_at: datetime = time_field()
+    forked: bool = False
+    revoked: bool = False
+
+
 class Revocation(SQLModel, table=True):
     """One entry of a property's revocation list, synced to its kiosks until ``expires_at``.
 

@@ -9,13 +9,16 @@ Invariants:
   before it. A forked ``decision`` still counts as a redemption, because a rolled-back kiosk
   has also forgotten which credentials it spent: that is how double spends surface.
 - A granted ``decision`` with a ``jti`` redeems the credential (``credential.redeemed``); a
-  second redemption of one jti keeps both and records ``credential.double_spent`` (critical);
+  second redemption of one jti keeps both and records ``credential.double_spent`` (critical)
+  (an emergency credential is good once at each kiosk of its property, so there only a second
+  redemption at the same kiosk is a double spend);
   a redemption after the credential was revoked is flagged (``revoked: true``, warning).
 - Feature handlers run in a savepoint each: a failing handler marks its entry ``failed`` and
   never blocks the journal (the kiosk would otherwise resend the batch forever).
 
 Registries (features register at import of their service module):
-``REDEMPTION_HOOKS``: async (session, kiosk, credential, entry, now), after a first redemption.
+``REDEMPTION_HOOKS``: async (session, kiosk, credential, entry, now), after a first redemption
+(for an emergency credential: the first at each kiosk).
 ``JOURNAL_HANDLERS[type]``: async (session, kiosk, entry, now), for every other entry type.
 """
 
@@ -37,7 +40,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend.models import Credential, JournalEntry, JournalFork, Kiosk
+from backend.models import Credential, CredentialRedemption, JournalEntry, JournalFork, Kiosk
 from backend.services.events import record_event
 
 log = logging.getLogger("concierge.journal")
@@ -242,13 +245,32 @@ async def _redeem(
         "user_id": credential.user_id,
         "occurred_at": item.occurred_at,
     }
-    first = credential.redeemed_at is None
+    # One use per credential; an emergency credential is good once at each kiosk of its property.
+    previous_statement = select(CredentialRedemption).where(
+        CredentialRedemption.credential_id == credential.id
+    )
+    if credential.kind == "emergency":
+        previous_statement = previous_statement.where(CredentialRedemption.kiosk_id == kiosk.id)
+    previous = (
+        await session.exec(previous_statement.order_by(col(CredentialRedemption.id)).limit(1))
+    ).first()
+    revoked = credential.revoked_at is not None and credential.revoked_at <= item.occurred_at
+    session.add(
+        CredentialRedemption(
+            credential_id=credential.id,
+            kiosk_id=kiosk.id,
+            seq=item.seq,
+            occurred_at=item.occurred_at,
+            forked=forked,
+            revoked=revoked,
+        )
+    )
     credential.redemptions += 1
-    if first:
+    if credential.redeemed_at is None:
         credential.redeemed_at = item.occurred_at
         credential.redeemed_kiosk_id = kiosk.id
     session.add(credential)
-    if not first:
+    if previous is not None:
         events.append(
             _PendingEvent(
                 {
@@ -256,10 +278,9 @@ async def _redeem(
                     "type": "credential.double_spent",
                     "payload": {
                         **base_payload,
-                        "first_kiosk_id": credential.redeemed_kiosk_id,
-                        "first_redeemed_at": credential.redeemed_at.isoformat()
-                        if credential.redeemed_at
-                        else None,
+                        "first_kiosk_id": previous.kiosk_id,
+                        "first_seq": previous.seq,
+                        "first_redeemed_at": previous.occurred_at.isoformat(),
                         "redemptions": credential.redemptions,
                         "forked": forked,
                     },
@@ -267,7 +288,6 @@ async def _redeem(
             )
         )
         return
-    revoked = credential.revoked_at is not None and credential.revoked_at <= item.occurred_at
     payload = {**base_payload, "revoked": revoked}
     extra: dict[str, Any] = {"severity": "warning"} if revoked else {}
     events.append(
