@@ -17,11 +17,6 @@ from backend.models.user import Device, Invitation, LoginFailure, Membership, Re
 from backend.models.work_order import DoorStatus, EmergencyRequest, KeyCustody, KeyItem, WorkOrder
 
 __all__ = [
-    "DoorStatus",
-    "EmergencyRequest",
-    "KeyCustody",
-    "KeyItem",
-    "WorkOrder",
     "Credential",
     "CredentialRedemption",
     "JournalEntry",
