@@ -8,6 +8,8 @@ from typing import Any
 
 from litestar.testing import AsyncTestClient
 
+from backend.settings import Settings
+from tests.test_keys_custody import policy_job
 from tests.vendor_support import (
     HOUR,
     MINUTE,
@@ -286,3 +288,34 @@ async def test_phone_views_are_scoped_to_the_vendor_and_the_unit(
         )
     )
     assert [w["id"] for w in listed["items"]] == [visit["id"]]
+
+
+async def test_door_only_visit_starts_at_first_door_and_ends_when_its_window_closes(
+    client: Client, world: World, settings: Settings, tmp_path: Path
+) -> None:
+    home = world.home
+    now = utc_now()
+    visit = await create_visit(client, home, starts_at=now - MINUTE, ends_at=now + HOUR)
+    phone = await phone_of(client, home.people["vendor"])
+    token = (await credentials_for(client, phone, visit["id"]))["credentials"][0]["token"]
+    kiosk = KioskSim.open(home.kiosk, tmp_path / "kiosk")
+    await kiosk.sync(client)
+    assert kiosk.redeem(phone, token).granted
+    await kiosk.upload(client)
+    staff = home.people["staff"]
+    view = check(await client.get(f"/v1/staff/work-orders/{visit['id']}", headers=staff.headers))
+    assert view["state"] == "active"
+    check(
+        await client.post(
+            f"/v1/staff/work-orders/{visit['id']}/shorten",
+            json={"ends_at": iso(utc_now())},
+            headers=staff.headers,
+        )
+    )
+    actions = await policy_job(settings)
+    assert {"action": "work_order.ended", "work_order_id": visit["id"]} in actions
+    view = check(await client.get(f"/v1/staff/work-orders/{visit['id']}", headers=staff.headers))
+    assert view["state"] == "completed"
+    resident_sees = types(await my_events(client, home.people["resident"]))
+    assert resident_sees.count("work_order.started") == 1
+    assert resident_sees.count("work_order.ended") == 1
