@@ -198,6 +198,39 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0 if decision.granted else 1
 
 
+# -- ble -------------------------------------------------------------------------------------
+
+
+def _run_ble(args: argparse.Namespace) -> int:
+    """Serve the BLE GATT protocol on this computer's adapter (needs the optional ``bless``)."""
+    from kiosk import ble
+
+    state = _open(args.state_dir)
+    if state is None:
+        return _fail("not_enrolled")
+    if not ble.bless_available():
+        return _fail("ble_unavailable", detail="install bless and run on a host with BlueZ")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = ble.KioskBleServer(
+        state.config.kiosk_id,
+        state.key,
+        lambda presentation, nonce: state.present(presentation, channel="ble", nonce=nonce),
+        clock=state.now,
+    )
+
+    async def serve() -> None:
+        peripheral = ble.BlessPeripheral(server)
+        await peripheral.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await peripheral.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
 # -- status ----------------------------------------------------------------------------------
 
 
@@ -224,6 +257,7 @@ COMMANDS: dict[str, tuple[Configure, Run]] = {
     "run": (_configure_run, _run_agent),
     "verify": (_configure_verify, _run_verify),
     "status": (_state_dir, _run_status),
+    "ble": (_state_dir, _run_ble),
 }
 
 

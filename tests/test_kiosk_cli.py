@@ -189,3 +189,15 @@ def test_two_processes_cannot_both_spend_one_jti(state_dir: tuple[Path, Scene]) 
     ]
     results = [json.loads(p.communicate(timeout=60)[0]) for p in runs]
     assert sorted(r["reason"] for r in results) == ["already_used"] * 3 + ["granted"]
+
+
+def test_ble_command_without_a_bluetooth_stack_is_a_clean_refusal(
+    state_dir: tuple[Path, Scene],
+) -> None:
+    from kiosk import ble
+
+    if ble.bless_available():
+        pytest.skip("bless is installed: the command would start a real GATT server")
+    code, out, err = kiosk_cli("ble", "--state-dir", str(state_dir[0]))
+    assert (code, out["reason"]) == (1, "ble_unavailable")
+    assert "Traceback" not in err
