@@ -120,7 +120,7 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
         log.error("http error %s", status)
         return problem(status, "internal_error", "Internal error", "The server could not do that")
     detail = title if status in (401, 403, 404, 405) else str(exc.detail or title)
-    if status == 400 and detail.startswith("JSON is malformed"):
+    if status == 400 and (detail.startswith("JSON is malformed") or "truncated" in detail):
         return problem(400, "malformed_body", "The body is not valid JSON", detail)
     # Keep the router's headers (405 must say which methods are allowed: RFC 9110 `Allow`).
     allow = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
