@@ -16,7 +16,7 @@ from tests.live_server import LiveServer, live, live_world  # noqa: F401  (fixtu
 from tests.realtime_helpers import connect, recv, recv_event
 from tests.test_keys_custody import policy_job, policy_run
 from tests.vendor_support import KioskSim, events_of, my_events, phone_of, types
-from tests.world import World, check, invite
+from tests.world import World, check, enroll_kiosk, invite
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 
@@ -200,6 +200,25 @@ async def test_emergency_access_permission_approval_and_every_use_alerts_staff(
     assert used[0]["data"]["holder_user_id"] == staff.user_id
     assert used[0]["data"]["door_id"] == home.door_id
     assert "emergency.used" in types(await my_events(client, staff))
+    # The same credential at a second kiosk of the property is another use, another alert.
+    lobby = await enroll_kiosk(client, staff, home.property_id, "Lobby")
+    lobby_door = check(
+        await client.post(
+            f"/v1/staff/properties/{home.property_id}/doors",
+            json={"name": "Lobby", "kiosk_id": lobby.id, "open_to": "staff"},
+            headers=staff.headers,
+        ),
+        201,
+    )["id"]
+    second = KioskSim.open(lobby, tmp_path / "lobby")
+    await second.sync(client)
+    assert second.redeem(phone, credential["token"], target=f"door:{lobby_door}").granted
+    await second.upload(client)
+    used = by_type(await events_of(client, home), "emergency.used")
+    assert [(e["data"]["kiosk_id"], e["severity"]) for e in used] == [
+        (home.kiosk.id, "critical"),
+        (lobby.id, "critical"),
+    ]
     assert "emergency.used" not in types(await my_events(client, home.people["resident"]))
 
     # With the approval policy on, a second staff member must approve first.
