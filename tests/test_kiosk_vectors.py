@@ -52,3 +52,21 @@ def test_vector_decision(tmp_path: Path, case: dict) -> None:
     if "emergency" in expected:
         got["emergency"] = decision.emergency
     assert got == expected
+
+
+def test_ble_vectors() -> None:
+    from kiosk import ble
+
+    vector = VECTORS["ble"]
+    nonce = ble.verify_challenge(
+        vector["challenge"],
+        vector["kiosk_public_key"],
+        VECTORS["sync"]["kiosk_id"],
+        now=generate.NOW,
+    )
+    assert nonce == vector["challenge_nonce"]
+    reassembler = ble.Reassembler()
+    results = [reassembler.feed(bytes.fromhex(w)) for w in vector["writes_hex"]]
+    [case] = [c for c in VECTORS["cases"] if c["name"] == vector["presentation_case"]]
+    assert results[-1] == case["presentation"].encode()
+    assert all(len(bytes.fromhex(w)) <= vector["mtu"] - 3 for w in vector["writes_hex"])

@@ -365,7 +365,23 @@ def build() -> dict[str, Any]:
         None,
     )
 
+    from kiosk import ble
+
+    kiosk_key, kiosk_seed = seed_key("kiosk")
+    challenge = ble.sign_challenge(kiosk_key, KIOSK, BLE_NONCE, NOW - 2)
+    ble_presentation = cases[2]["presentation"]
+    frames = ble.chunk(ble_presentation.encode("ascii"), 23)
+
     return {
+        "ble": {
+            "kiosk_seed_hex": kiosk_seed,
+            "kiosk_public_key": public_key_b64url(kiosk_key),
+            "challenge": challenge,
+            "challenge_nonce": BLE_NONCE,
+            "presentation_case": cases[2]["name"],
+            "mtu": 23,
+            "writes_hex": [frame.hex() for frame in frames],
+        },
         "description": "Concierge credential/presentation test vectors; see docs/protocol.md. "
         "Evaluate each case at `now` with the kiosk state `sync` (revocation list synced at "
         "`synced_at`), the jtis in `spent` already spent, the BLE challenge `nonce` (null over "
