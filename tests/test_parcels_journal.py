@@ -1,0 +1,295 @@
+"""Parcels from the kiosk journal: offline intake reconciled on upload (with conflicts surfaced to
+staff), offline PIN pickups, and pickup with an app credential redeemed at the kiosk."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from litestar.testing import AsyncTestClient
+
+from kiosk.store import GENESIS_HASH, entry_hash
+from tests.credentials_helpers import register_device
+from tests.test_parcels_lifecycle import audit_events, compartment_states, deliver, deposit
+from tests.world import Site, World, check
+
+
+class Journal:
+    """A kiosk's hash-chained journal, as the kiosk agent writes it."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.entries: list[dict[str, Any]] = []
+
+    def append(
+        self, type_: str, data: dict[str, Any], at: datetime | None = None
+    ) -> dict[str, Any]:
+        seq = len(self.entries) + 1
+        prev = self.entries[-1]["hash"] if self.entries else GENESIS_HASH
+        occurred_at = (at or datetime.now(UTC)).isoformat()
+        entry = {
+            "seq": seq,
+            "type": type_,
+            "occurred_at": occurred_at,
+            "prev_hash": prev,
+            "hash": entry_hash(prev, seq, type_, occurred_at, data),
+            "data": data,
+        }
+        self.entries.append(entry)
+        return entry
+
+    async def upload(
+        self, client: AsyncTestClient, entries: list[dict[str, Any]] | None = None
+    ) -> Any:  # type: ignore[type-arg]
+        return check(
+            await client.post(
+                "/v1/kiosk/journal",
+                json={"entries": entries if entries is not None else self.entries},
+                headers=self.site.kiosk.headers(),
+            )
+        )
+
+
+async def parcels_of(client: AsyncTestClient, site: Site, **filters: str) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+    query = "&".join(f"{k}={v}" for k, v in filters.items())
+    body = check(
+        await client.get(
+            f"/v1/staff/properties/{site.property_id}/parcels?{query}",
+            headers=site.people["staff"].headers,
+        )
+    )
+    return list(body["items"])
+
+
+async def test_offline_intake_is_reconciled_and_conflicts_reach_staff(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+) -> None:
+    site = world.home
+    resident = site.people["resident"]
+    journal = Journal(site)
+    closed = datetime.now(UTC) - timedelta(minutes=30)
+    journal.append(
+        "parcel.deposited_offline",
+        {
+            "carrier": "FedEx",
+            "tracking": "OFF-1",
+            "unit": "4B",
+            "size": "S",
+            "compartment_id": site.compartments["A1"],
+            "closed_at": closed.isoformat(),
+        },
+        at=closed,
+    )
+    # Meanwhile the server (online intake through another path) assigned B1 ...
+    online = await deliver(client, site, size="M", unit="1A")
+    assert online["compartment"]["label"] == "B1"
+    await deposit(client, site, online["parcel_id"])
+    # ... which the offline kiosk also used.
+    journal.append(
+        "parcel.deposited_offline",
+        {
+            "carrier": "DHL",
+            "tracking": "OFF-2",
+            "unit": "4B",
+            "size": "M",
+            "compartment_id": site.compartments["B1"],
+        },
+    )
+    # A compartment of another kiosk, and an unknown unit.
+    journal.append(
+        "parcel.deposited_offline",
+        {
+            "carrier": "DHL",
+            "tracking": "OFF-3",
+            "unit": "4B",
+            "size": "S",
+            "compartment_id": world.other.compartments["A1"],
+        },
+    )
+    journal.append(
+        "parcel.deposited_offline",
+        {
+            "carrier": "DHL",
+            "tracking": "OFF-4",
+            "unit": "99Z",
+            "size": "S",
+            "compartment_id": site.compartments["C1"],
+        },
+    )
+    ack = await journal.upload(client)
+    assert ack["accepted_through"] == 4
+
+    deposited = await parcels_of(client, site, unit="4B", state="deposited")
+    assert [(p["tracking"], p["compartment"]["label"], p["offline"]) for p in deposited] == [
+        ("OFF-1", "A1", True)
+    ]
+    offline_parcel = deposited[0]
+    assert offline_parcel["deposited_at"].startswith(closed.isoformat()[:19])
+    mine = check(await client.get(f"/v1/parcels/{offline_parcel['id']}", headers=resident.headers))
+    assert mine["pickup_pin"] is not None
+    assert (await compartment_states(client, site))["A1"] == "occupied"
+    # The conflicting parcel is recorded without a compartment; staff are told.
+    (announced,) = await parcels_of(client, site, state="announced")
+    assert announced["tracking"] == "OFF-2"
+    assert announced["compartment"] is None
+    events = await audit_events(client, site)
+    conflicts = {e["data"]["reason"]: e for e in events if e["type"] == "parcel.conflict"}
+    assert set(conflicts) == {"compartment_taken", "foreign_compartment", "unknown_unit"}
+    assert conflicts["compartment_taken"]["data"]["other_parcel_id"] == online["parcel_id"]
+    assert conflicts["compartment_taken"]["severity"] == "warning"
+    deposits = [e for e in events if e["type"] == "parcel.deposited"]
+    assert {e["data"]["parcel_id"] for e in deposits} == {online["parcel_id"], offline_parcel["id"]}
+    # Nothing went to the other property.
+    other_events = await audit_events(client, world.other)
+    assert not [e for e in other_events if e["type"].startswith("parcel.")]
+    assert (await compartment_states(client, world.other))["A1"] == "free"
+
+    # Uploading the same batch again changes nothing.
+    again = await journal.upload(client)
+    assert again["duplicates"] == 4
+    assert len(await parcels_of(client, site, unit="4B")) == 2
+    # Staff move the conflicting parcel to the office.
+    moved = check(
+        await client.post(
+            f"/v1/staff/parcels/{announced['id']}/overflow", headers=site.people["staff"].headers
+        )
+    )
+    assert moved["state"] == "overflowed"
+
+
+async def test_offline_pin_pickup_from_journal(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+    site = world.home
+    parcel = await deliver(client, site, size="S")
+    await deposit(client, site, parcel["parcel_id"])
+    sync = check(await client.get("/v1/kiosk/sync", headers=site.kiosk.headers()))
+    (entry,) = sync["pin_hashes"]
+    assert entry["parcel_id"] == parcel["parcel_id"]
+    assert entry["unit"] == "4B"
+    assert entry["compartment_id"] == site.compartments["A1"]
+    pin = check(
+        await client.get(
+            f"/v1/parcels/{parcel['parcel_id']}", headers=site.people["resident"].headers
+        )
+    )["pickup_pin"]
+
+    # The kiosk can check the PIN offline from the synced hash with the standard library alone.
+    def check_offline(candidate: str) -> bool:
+        salt = entry["salt"] + "=" * (-len(entry["salt"]) % 4)
+        digest = hashlib.scrypt(
+            candidate.encode(),
+            salt=base64.urlsafe_b64decode(salt),
+            n=entry["n"],
+            r=entry["r"],
+            p=entry["p"],
+            dklen=32,
+        )
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode() == entry["hash"]
+
+    assert check_offline(pin)
+    assert not check_offline("000000" if pin != "000000" else "111111")
+
+    journal = Journal(site)
+    journal.append("pin.pickup", {"unit": "4B", "granted": False, "reason": "wrong_pin"})
+    journal.append(
+        "pin.pickup",
+        {"unit": "4B", "granted": True, "reason": "pin_ok", "parcel_ids": [parcel["parcel_id"]]},
+    )
+    await journal.upload(client)
+    (picked,) = await parcels_of(client, site, state="picked_up")
+    assert picked["id"] == parcel["parcel_id"]
+    assert (await compartment_states(client, site))["A1"] == "free"
+    sync = check(await client.get("/v1/kiosk/sync", headers=site.kiosk.headers()))
+    assert sync["pin_hashes"] == []
+    report = check(
+        await client.get(
+            f"/v1/staff/properties/{site.property_id}/reports/weekly",
+            headers=site.people["staff"].headers,
+        )
+    )
+    assert report["failed_pin_attempts"] == 1
+    events = await audit_events(client, site)
+    assert [e["data"]["channel"] for e in events if e["type"] == "pin.failed"] == ["offline"]
+
+
+async def test_pickup_with_app_credential_redeemed_at_kiosk(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+) -> None:
+    site = world.home
+    resident, neighbour = site.people["resident"], site.people["neighbour"]
+    first = await deliver(client, site, size="S")
+    second = await deliver(client, site, size="M")
+    await deposit(client, site, first["parcel_id"])
+    await deposit(client, site, second["parcel_id"])
+
+    # The neighbour cannot get a credential for 4B's parcel.
+    device_n, _ = await register_device(client, neighbour)
+    denied = check(
+        await client.post(
+            "/v1/credentials",
+            json={"device_id": device_n, "parcel_id": first["parcel_id"]},
+            headers=neighbour.headers,
+        ),
+        404,
+    )
+    assert denied["code"] == "not_found"
+
+    device, _ = await register_device(client, resident)
+    issued = check(
+        await client.post(
+            "/v1/credentials",
+            json={"device_id": device, "parcel_id": first["parcel_id"]},
+            headers=resident.headers,
+        ),
+        201,
+    )["credentials"]
+    # Both of 4B's parcels at this kiosk open in the same pickup.
+    targets = sorted(c["target"] for c in issued)
+    assert targets == sorted(
+        [f"compartment:{site.compartments['A1']}", f"compartment:{site.compartments['B1']}"]
+    )
+    assert {c["kiosk_id"] for c in issued} == {site.kiosk.id}
+
+    journal = Journal(site)
+    for credential in issued:
+        claims = jwt.decode(credential["token"], options={"verify_signature": False})
+        journal.append(
+            "decision",
+            {
+                "granted": True,
+                "reason": "ok",
+                "jti": claims["jti"],
+                "target": claims["tgt"],
+                "sub": claims["sub"],
+                "role": claims["role"],
+                "emergency": False,
+                "channel": "qr",
+            },
+        )
+    await journal.upload(client)
+    for parcel in (first, second):
+        view = check(
+            await client.get(f"/v1/parcels/{parcel['parcel_id']}", headers=resident.headers)
+        )
+        assert view["state"] == "picked_up"
+    states = await compartment_states(client, site)
+    assert states["A1"] == states["B1"] == "free"
+    events = await audit_events(client, site)
+    picked = [e for e in events if e["type"] == "parcel.picked_up"]
+    assert {e["data"]["parcel_id"] for e in picked} == {first["parcel_id"], second["parcel_id"]}
+    assert all(e["data"]["channel"] == "credential" for e in picked)
+    assert all(e["actor"] == f"user:{resident.user_id}" for e in picked)
+    # A picked-up parcel gets no new credential.
+    gone = check(
+        await client.post(
+            "/v1/credentials",
+            json={"device_id": device, "parcel_id": first["parcel_id"]},
+            headers=resident.headers,
+        ),
+        409,
+    )
+    assert gone["code"] == "parcel_state_conflict"
