@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hmac
 import re
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -60,6 +61,7 @@ REASONS = {
     "nonce_mismatch": "kb-jwt nonce is not the kiosk's challenge",
     "already_used": "jti already spent at this kiosk",
     "internal_error": "unexpected failure (denied, fail closed)",
+    "storage_error": "the spent store could not be written (denied, fail closed)",
 }
 
 _CHARSET = re.compile(r"\A[A-Za-z0-9_\-.~]+\Z")
@@ -305,6 +307,9 @@ class Verifier:
             spend = (decision.jti, float(decision.exp))
         try:
             self.store.record_decision(decision.journal_data(channel), spend=spend, now=moment)
+        except sqlite3.Error:
+            # Nothing durable, so nothing opens (the journal could not take it either).
+            return Decision(granted=False, reason="storage_error", jti=decision.jti)
         except AlreadySpent:
             decision = Decision(
                 granted=False,
@@ -498,7 +503,9 @@ class Verifier:
             raise deny("proof_mismatch")
         if kb_claims.aud != trust.kiosk_id:
             raise deny("proof_wrong_audience")
-        if not (moment - trust.kb_freshness - trust.skew <= kb_claims.iat <= moment + trust.skew):
+        # Age bounded by the freshness window alone (phone and kiosk both run on server time);
+        # the clock skew only forgives a proof that seems to come from the near future.
+        if not (moment - trust.kb_freshness <= kb_claims.iat <= moment + trust.skew):
             raise deny("proof_stale")
         if not NONCE_MIN <= len(kb_claims.nonce) <= NONCE_MAX:
             raise deny("nonce_missing")

@@ -184,7 +184,7 @@ HOSTILE: list[tuple[str, Callable[[Scene], str | bytes], str]] = [
         lambda s: s.present(device=Ed25519PrivateKey.generate()),
         "bad_proof",
     ),
-    ("stale proof", lambda s: s.present(iat=NOW - 61), "proof_stale"),
+    ("stale proof", lambda s: s.present(iat=NOW - 31), "proof_stale"),
     ("proof from the future", lambda s: s.present(iat=NOW + 31), "proof_stale"),
     ("proof for another kiosk", lambda s: s.present(aud="kiosk-elsewhere"), "proof_wrong_audience"),
     ("proof for another credential", _swapped_kb, "proof_mismatch"),
@@ -431,3 +431,15 @@ def test_mutations_of_a_valid_presentation_never_grant(tmp_path: Path) -> None:
             if decision.granted:
                 # Only the kb signature's last character has unused bits (same signed bytes).
                 assert index == len(presentation) - 1, (index, replacement)
+
+
+def test_a_grant_that_cannot_be_recorded_is_a_denial(tmp_path: Path) -> None:
+    scene = make_scene(tmp_path)
+    presentation = scene.present()
+    # The disk refuses writes (as when full or remounted read-only).
+    scene.store._db.execute("PRAGMA query_only=1")
+    decision = scene.verifier.redeem(presentation)
+    assert (decision.granted, decision.reason) == (False, "storage_error")
+    scene.store._db.execute("PRAGMA query_only=0")
+    assert scene.store.spent_count() == 0
+    assert scene.verifier.redeem(presentation).granted  # nothing was spent, so it still works

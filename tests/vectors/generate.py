@@ -310,8 +310,8 @@ def build() -> dict[str, Any]:
         f"compartment:{COMPARTMENT}",
     )
     case(
-        "stale proof (iat 61 s old)",
-        present(cred("jti-stale"), iat=NOW - 61),
+        "stale proof (iat 31 s old)",
+        present(cred("jti-stale"), iat=NOW - 31),
         False,
         "proof_stale",
         f"compartment:{COMPARTMENT}",
