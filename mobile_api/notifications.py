@@ -26,12 +26,29 @@ EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^
 class PreferenceChoice(msgspec.Struct, forbid_unknown_fields=True):
     event_type: EventType
     push: bool
+    # Read-only fields of the GET answer, accepted so a client can send back what it read.
+    locked: Annotated[bool | None, msgspec.Meta(description="Read-only; ignored")] = None
+    category: (
+        Annotated[str, msgspec.Meta(max_length=16, description="Read-only; ignored")] | None
+    ) = None
+
+
+class QuietHoursEcho(msgspec.Struct, forbid_unknown_fields=True):
+    property_id: Annotated[str, msgspec.Meta(max_length=32)]
+    timezone: Annotated[str, msgspec.Meta(max_length=64)]
+    start: Annotated[str, msgspec.Meta(max_length=5)] | None
+    end: Annotated[str, msgspec.Meta(max_length=5)] | None
 
 
 class PreferenceUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    """The choices to change; event types not listed keep their current setting."""
+    """The choices to change; event types not listed keep their current setting.
+
+    The GET answer may be sent back as is (with some ``push`` flipped): ``locked``, ``category``
+    and ``quiet_hours`` are read-only and ignored (quiet hours are the property's policy).
+    """
 
     preferences: Annotated[list[PreferenceChoice], msgspec.Meta(min_length=1, max_length=64)]
+    quiet_hours: Annotated[list[QuietHoursEcho], msgspec.Meta(max_length=64)] | None = None
 
 
 class PreferenceView(msgspec.Struct):

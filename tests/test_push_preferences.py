@@ -279,3 +279,21 @@ async def test_a_phone_registered_twice_gets_one_push(
     await _parcel_event(runtime, world, "parcel.deposited")
     await dispatcher.drain()
     assert [r.token for r in fcm.sends()] == ["token-same-phone"]
+
+
+async def test_the_get_answer_can_be_sent_back_with_a_flag_flipped(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+) -> None:
+    staff = world.home.people["staff"]
+    document = check(await client.get("/v1/notification-preferences", headers=staff.headers))
+    for preference in document["preferences"]:
+        if preference["event_type"] == "kiosk.offline":
+            preference["push"] = False
+    answer = check(
+        await client.put("/v1/notification-preferences", json=document, headers=staff.headers)
+    )
+    by_type = {p["event_type"]: p["push"] for p in answer["preferences"]}
+    assert by_type["kiosk.offline"] is False
+    assert by_type["door.forced"] is True
+    assert answer["quiet_hours"] == document["quiet_hours"]
