@@ -397,3 +397,32 @@ def test_every_push_template_has_texts_in_every_locale() -> None:
         assert set(catalog) == {
             f"{t}.{part}" for t in push_messages.TEMPLATES for part in ("title", "body")
         }
+
+
+async def test_the_fcm_timeout_setting_bounds_a_hanging_call(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    fcm: FakeFcm,
+) -> None:
+    """Without CONCIERGE_FCM_TIMEOUT_SECONDS the SDK would wait 120 s per attempt."""
+    home = world.home
+    await add_device(client, home.people["resident"], "token-resident")
+    event_id = await _deposit(runtime, world)
+    quick, quick_runtime = await dispatcher_with(runtime, fcm_timeout_seconds=0.5)
+    try:
+        fcm.delay_seconds = 3.0
+        t0 = utcnow()
+        report = await quick.run_once(t0)
+        assert report.retrying == 1
+        item = await notification_for(client, home.people["staff"], home.property_id, event_id)
+        [delivery] = item["deliveries"]
+        assert delivery["state"] == "pending"
+        assert delivery["last_error"] == "DEADLINE_EXCEEDED", delivery
+        fcm.delay_seconds = 0.0
+        await quick.drain(t0 + timedelta(minutes=5))
+    finally:
+        await quick.sender.close()
+        await quick_runtime.db.dispose()
+    item = await notification_for(client, home.people["staff"], home.property_id, event_id)
+    assert item["state"] == "sent"
