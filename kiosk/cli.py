@@ -172,7 +172,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         return 1
     try:
         presentation = _read_presentation(args)
-    except (OSError, ValueError):
+    except Exception:  # unreadable file or image (incl. PIL's decompression-bomb guard)
         presentation = None
     if presentation is None:
         reason = "no_qr_code" if args.qr is not None else "unreadable_input"
