@@ -143,3 +143,25 @@ async def test_entries_drop_out_once_what_they_revoke_has_expired(
     later = await sync(client, world.home.kiosk)
     assert later["revocations"]["entries"] == []
     assert later["revocations"]["version"] == listed["revocations"]["version"]
+
+
+async def test_staff_list_revocations_of_their_property(
+    world: World, client: AsyncTestClient
+) -> None:  # type: ignore[type-arg]
+    resident, staff = world.home.people["resident"], world.home.people["staff"]
+    device_id, _ = await register_device(client, resident)
+    body = check(await door_credentials(client, resident, device_id, world.home.door_id), 201)
+    check(await _revoke(client, staff, credential_id=body["credentials"][0]["id"]), 201)
+    check(await _revoke(client, staff, user_id=world.home.people["neighbour"].user_id), 201)
+    url = f"/v1/staff/properties/{world.home.property_id}/revocations"
+    first = check(await client.get(url, params={"limit": 1}, headers=staff.headers))
+    assert [r["kind"] for r in first["items"]] == ["user"]  # newest first
+    rest = check(
+        await client.get(
+            url, params={"limit": 1, "cursor": first["next_cursor"]}, headers=staff.headers
+        )
+    )
+    assert [r["kind"] for r in rest["items"]] == ["credential"]
+    assert rest["next_cursor"] is None
+    denied = await client.get(url, headers=world.other.people["staff"].headers)
+    assert check(denied, 404)["code"] == "not_found"
