@@ -45,7 +45,8 @@ from tests.processes import ServerProcess, run_cli
 RESIDENTS = 12 if QUICK else 40
 KIOSKS = 2 if QUICK else 4
 PARCELS = 40 if QUICK else 300
-RATE = 50.0  # deliveries per second in the paced phase
+RATE = 50.0  # deliveries per second in the paced phase (the issue's target rate)
+LOW_RATE, LOW_PARCELS = 5.0, (10 if QUICK else 30)  # the same path without queueing
 ROUNDS = 2 if QUICK else 5
 PER_BURST = 40 if QUICK else 200
 CONCURRENCY = 16
@@ -155,7 +156,7 @@ async def seed(
             resident.device_id = device["id"]
             residents.append(resident)
         kiosks = []
-        per_kiosk = PARCELS // KIOSKS + 5
+        per_kiosk = (PARCELS + LOW_PARCELS) // KIOSKS + 5
         for k in range(KIOSKS):
             created = await _check(
                 await http.post(
@@ -223,9 +224,9 @@ async def issuance_vs_baselines(setup: Setup, http: httpx.AsyncClient) -> dict[s
 
 
 async def paced_deliveries(
-    setup: Setup, http: httpx.AsyncClient
+    setup: Setup, http: httpx.AsyncClient, rate: float, count: int, first: int = 0
 ) -> tuple[dict[str, Any], list[tuple[str, Resident, int]]]:
-    """Open-loop deliveries at RATE per second; deposit-to-websocket latency per parcel."""
+    """Open-loop deliveries at ``rate`` per second; deposit-to-websocket latency per parcel."""
     from kiosk.client import ServerClient
 
     intake, deposit, to_ws = (
@@ -269,8 +270,8 @@ async def paced_deliveries(
 
     started = time.perf_counter()
     tasks = []
-    for i in range(PARCELS):
-        delay = started + i / RATE - time.perf_counter()
+    for i in range(first, first + count):
+        delay = started + (i - first) / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
@@ -279,7 +280,7 @@ async def paced_deliveries(
     for samples in (intake, deposit, to_ws):
         samples.wall = wall
     return {
-        "target_per_second": RATE,
+        "target_per_second": rate,
         "achieved_per_second": round(len(delivered) / wall, 1),
         "intake": intake.summary(),
         "deposited": deposit.summary(),
@@ -438,7 +439,11 @@ async def run_backend(backend: str, root: Path) -> dict[str, Any]:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
             issuance = await issuance_vs_baselines(setup, http)
-            deliveries, delivered = await paced_deliveries(setup, http)
+            deliveries, delivered = await paced_deliveries(setup, http, RATE, PARCELS)
+            unqueued, more = await paced_deliveries(
+                setup, http, LOW_RATE, LOW_PARCELS, first=PARCELS
+            )
+            delivered += more
             picked = await pickups(setup, http, delivered)
         checks = await nothing_lost(setup, delivered)
         for resident in setup.residents:
@@ -456,6 +461,7 @@ async def run_backend(backend: str, root: Path) -> dict[str, Any]:
             "kiosks": KIOSKS,
             "issuance_vs_baselines": issuance,
             "deliveries": deliveries,
+            "deliveries_unqueued": unqueued,
             "pickups": picked,
             "nothing_lost": checks,
             "targets": {
