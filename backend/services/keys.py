@@ -145,7 +145,7 @@ async def create_key(
     )
     session.add(key)
     await session.flush()
-    await _move(session, key, "created", f"user:{actor.user_id}", now, event=None)
+    await _move(session, key, "created", f"user:{actor.user_id}", now, event="key.created")
     return key
 
 
@@ -193,6 +193,7 @@ async def place_key(
     key.holder_user_id = None
     key.due_back_at = None
     key.work_order_id = wo.id if wo else None
+    key.lockout_user_id, key.lockout_expires_at = None, None
     key.since = now
     extra: dict[str, Any] = {"kiosk_id": compartment.kiosk_id}
     if wo is not None:
