@@ -71,7 +71,7 @@ def _stop(process: subprocess.Popen[str]) -> tuple[int, str, str]:
 
 
 def _finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=60)
+    out, err = process.communicate(timeout=180)
     return process.returncode, out, err
 
 
@@ -116,9 +116,10 @@ async def test_worker_killed_mid_batch_loses_nothing(
     expected = {(f"concierge-{e}", t) for e in events for t in tokens}
 
     fcm.hold()  # FCM accepts the requests but does not answer yet
-    first = _worker(settings, CONCIERGE_OUTBOX_LEASE_SECONDS="2")
+    # One batch holds every delivery (the world's own events are in the outbox too).
+    first = _worker(settings, CONCIERGE_OUTBOX_LEASE_SECONDS="2", CONCIERGE_OUTBOX_BATCH_SIZE="500")
     try:
-        await asyncio.to_thread(fcm.wait_for, len(expected), 60)
+        await asyncio.to_thread(fcm.wait_for, len(expected), 180)
     finally:
         first.kill()  # SIGKILL mid-batch: no outcome recorded, no cleanup
         first.communicate(timeout=30)
@@ -132,7 +133,7 @@ async def test_worker_killed_mid_batch_loses_nothing(
         async def all_sent() -> bool:
             return await _delivery_states(client, world) == Counter({"sent": len(expected)})
 
-        await eventually(all_sent, timeout=60)
+        await eventually(all_sent, timeout=180)
     finally:
         code, _, err = _stop(second)
     assert code == 0, err
@@ -163,7 +164,7 @@ async def test_two_workers_never_send_the_same_row_twice(
         async def all_sent() -> bool:
             return await _delivery_states(client, world) == Counter({"sent": len(expected)})
 
-        await eventually(all_sent, timeout=90)
+        await eventually(all_sent, timeout=180)
     finally:
         results = [_stop(w) for w in workers]
     for code, _, err in results:
@@ -214,12 +215,12 @@ async def test_the_server_runs_the_dispatcher_in_the_background(
     background = msgspec.structs.replace(settings, background_jobs=True, outbox_poll_seconds=0.1)
     async with AsyncTestClient(app=create_app(background)):
         [event_id] = await _deposits(runtime, world, 1)
-        await asyncio.to_thread(fcm.wait_for, 1, 30)
+        await asyncio.to_thread(fcm.wait_for, 1, 120)
 
         async def settled() -> bool:
             return await _delivery_states(client, world) == Counter({"sent": 1})
 
-        await eventually(settled)
+        await eventually(settled, timeout=120)
     [request] = fcm.sends()
     assert request.message["data"]["event_id"] == str(event_id)
     assert request.token == "token-resident"
