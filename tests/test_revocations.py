@@ -165,3 +165,25 @@ async def test_staff_list_revocations_of_their_property(
     assert rest["next_cursor"] is None
     denied = await client.get(url, headers=world.other.people["staff"].headers)
     assert check(denied, 404)["code"] == "not_found"
+
+
+async def test_staff_see_the_issued_credential_record(
+    world: World, client: AsyncTestClient
+) -> None:  # type: ignore[type-arg]
+    resident, staff = world.home.people["resident"], world.home.people["staff"]
+    device_id, _ = await register_device(client, resident)
+    body = check(
+        await door_credentials(client, resident, device_id, world.home.door_id, count=2), 201
+    )
+    issued = {c["id"] for c in body["credentials"]}
+    check(await _revoke(client, staff, credential_id=sorted(issued)[0]), 201)
+    url = f"/v1/staff/properties/{world.home.property_id}/credentials"
+    listed = check(
+        await client.get(url, params={"user_id": resident.user_id}, headers=staff.headers)
+    )
+    assert {c["id"] for c in listed["items"]} == issued
+    assert all(c["device_id"] == device_id and "token" not in c for c in listed["items"])
+    valid = check(await client.get(url, params={"valid_only": True}, headers=staff.headers))
+    assert {c["id"] for c in valid["items"]} == {sorted(issued)[1]}
+    denied = await client.get(url, headers=world.other.people["staff"].headers)
+    assert check(denied, 404)["code"] == "not_found"

@@ -7,6 +7,7 @@ from litestar.di import Provide
 
 from backend.dependencies import provide_staff
 from backend.staff_api import audit, kiosks, properties, revocations
+from backend.staff_api import credentials as issued_credentials
 from backend.staff_api import parcels as parcel_handlers
 from backend.staff_api import notifications as push_notifications
 from backend.staff_api import commands, emergency, keys, work_orders
@@ -21,6 +22,7 @@ def build_router() -> Router:
             *audit.handlers,
             *parcel_handlers.handlers,
             *revocations.handlers,
+            *issued_credentials.handlers,
             *push_notifications.handlers,
             *work_orders.handlers,
             *keys.handlers,
