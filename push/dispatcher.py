@@ -38,7 +38,7 @@ from backend.models.base import new_id, utcnow
 from backend.models.push import PushDelivery
 from backend.runtime import Runtime
 from push import messages, preferences, recipients
-from push.senders import Outcome, Outgoing, Sender, make_sender
+from push.senders import INVALID_MESSAGE, Outcome, Outgoing, Sender, make_sender
 
 log = logging.getLogger("concierge.push")
 
@@ -404,19 +404,22 @@ class Dispatcher:
         claims, notices = await self.claim(now, report)
         if not claims:
             return report
-        batch = [
-            Outgoing(
-                c.delivery_id,
-                c.token,
-                messages.fcm_message(
-                    notices[c.event_id],
-                    c.token,
-                    expires_at_epoch=int((now + notices[c.event_id].template.ttl).timestamp()),
-                ),
-            )
-            for c in claims
-        ]
-        outcomes = await self.sender.send(batch)
+        batch: list[Outgoing] = []
+        outcomes_by_id: dict[int, Outcome] = {}
+        for c in claims:
+            notice = notices[c.event_id]
+            try:
+                expires = int((now + notice.template.ttl).timestamp())
+                message = messages.fcm_message(notice, c.token, expires_at_epoch=expires)
+            except (ValueError, TypeError):  # a message the SDK refuses: fail it alone
+                log.exception("push.message_invalid", extra={"delivery_id": c.delivery_id})
+                outcomes_by_id[c.delivery_id] = INVALID_MESSAGE
+                continue
+            batch.append(Outgoing(c.delivery_id, c.token, message))
+        if batch:
+            for item, outcome in zip(batch, await self.sender.send(batch), strict=True):
+                outcomes_by_id[item.delivery_id] = outcome
+        outcomes = [outcomes_by_id[c.delivery_id] for c in claims]
         # Outcomes are judged at the time they arrive (a long send must not look early).
         await self.record(claims, outcomes, max(now, utcnow()), report)
         return report
