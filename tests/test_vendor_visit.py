@@ -319,3 +319,20 @@ async def test_door_only_visit_starts_at_first_door_and_ends_when_its_window_clo
     resident_sees = types(await my_events(client, home.people["resident"]))
     assert resident_sees.count("work_order.started") == 1
     assert resident_sees.count("work_order.ended") == 1
+
+
+async def test_vendor_is_reminded_once_before_the_window(
+    client: Client, world: World, settings: Settings
+) -> None:
+    home = world.home
+    now = utc_now()
+    soon = await create_visit(client, home, starts_at=now + 20 * MINUTE, ends_at=now + HOUR)
+    later = await create_visit(client, home, starts_at=now + 3 * HOUR, ends_at=now + 4 * HOUR)
+    reminders = [a for a in await policy_job(settings) if a["action"] == "work_order.starting"]
+    assert reminders == [{"action": "work_order.starting", "work_order_id": soon["id"]}]
+    again = [a for a in await policy_job(settings) if a["action"] == "work_order.starting"]
+    assert again == []
+    seen = await my_events(client, home.people["vendor"])
+    starting = [e for e in seen if e["type"] == "work_order.starting"]
+    assert [e["data"]["work_order_id"] for e in starting] == [soon["id"]]
+    assert later["id"] not in {e["data"]["work_order_id"] for e in starting}

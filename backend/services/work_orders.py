@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import errors
 from backend.auth import Actor
-from backend.models import Compartment, Door, KeyItem, Membership, Property, Unit, WorkOrder
+from backend.models import Compartment, Door, Event, KeyItem, Membership, Property, Unit, WorkOrder
 from backend.scoping import get_in_property, staff_property
 from backend.services.events import record_event
 from backend.services.properties import policy_of
@@ -32,6 +32,7 @@ from backend.services.properties import policy_of
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_RECURRENCE_DAYS = 2 * 366
 OPEN_STATES = ("scheduled", "active")
+REMINDER_LEAD = timedelta(minutes=30)  # the vendor's "your visit starts soon"
 
 
 @dataclass(frozen=True)
@@ -560,11 +561,43 @@ async def mark_ended(
     await _tell(session, wo, "work_order.ended", actor, now, **extra)
 
 
+async def _remind(
+    session: AsyncSession, wo: WorkOrder, tz: ZoneInfo, now: datetime
+) -> list[dict[str, Any]]:
+    """``work_order.starting`` once per window, when it opens within ``REMINDER_LEAD``."""
+    upcoming = next_window(wo, tz, now)
+    if upcoming is None or upcoming.starts_at - now > REMINDER_LEAD:
+        return []
+    sent = (
+        await session.exec(
+            select(Event.id).where(
+                Event.property_id == wo.property_id,
+                Event.type == "work_order.starting",
+                Event.subject == f"work_order:{wo.id}",
+                col(Event.occurred_at) >= upcoming.starts_at - REMINDER_LEAD,
+            )
+        )
+    ).first()
+    if sent is not None:
+        return []
+    await _tell(
+        session,
+        wo,
+        "work_order.starting",
+        "system",
+        now,
+        window_starts_at=upcoming.starts_at.isoformat(),
+        window_ends_at=upcoming.ends_at.isoformat(),
+    )
+    return [{"action": "work_order.starting", "work_order_id": wo.id}]
+
+
 async def close_finished_visits(
     session: AsyncSession, prop: Property, now: datetime
 ) -> list[dict[str, Any]]:
-    """Policy job part: started visits whose window closed with no key out are ended;
-    scheduled visits with no window left are completed."""
+    """Policy job part: the vendor is reminded ``REMINDER_LEAD`` before a window; started
+    visits whose window closed with no key out are ended; scheduled visits with no window
+    left are completed."""
     actions: list[dict[str, Any]] = []
     tz = _tz(prop)
     grace = timedelta(minutes=policy_of(prop).access_grace_minutes)
@@ -576,6 +609,8 @@ async def close_finished_visits(
         )
     ).all()
     for wo in rows:
+        if wo.state == "scheduled":
+            actions.extend(await _remind(session, wo, tz, now))
         if current_window(wo, tz, now, grace) is not None:
             continue
         keys_out = (
