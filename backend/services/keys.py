@@ -138,8 +138,6 @@ async def create_key(
         unit = await session.get(Unit, unit_id)
         if unit is None or unit.property_id != property_id:
             raise errors.NotFound("Unit not found")
-    elif kind == "unit":
-        raise errors.ValidationFailed("a unit key needs unit_id")
     key = KeyItem(
         property_id=property_id, label=label.strip(), kind=kind, unit_id=unit_id, since=now
     )
