@@ -152,6 +152,11 @@ class Dispatcher:
             row.state, row.last_error = "skipped", "no_template"
             session.add(row)
             return
+        if now - event.recorded_at > self.max_age:
+            # Nobody sent it in time (no dispatcher was running): old news is not pushed.
+            row.state, row.last_error = "skipped", "expired"
+            session.add(row)
+            return
         due = now
         if template.category == "reminder":
             prop = await session.get(Property, event.property_id)

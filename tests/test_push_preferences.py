@@ -29,10 +29,17 @@ runtime = push_support.runtime
 settings = push_support.settings
 
 
-def _tomorrow_at(hour: int, minute: int = 0) -> datetime:
-    """A local New York time tomorrow (world properties use that timezone), in UTC."""
-    day = datetime.now(NEW_YORK).date() + timedelta(days=1)
-    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=NEW_YORK).astimezone(UTC)
+def _next_local(hour: int, minute: int = 0) -> datetime:
+    """The next New York wall-clock time (world properties use that timezone), in UTC.
+
+    Within a day from now, so the event is still fresh (younger than the outbox max age).
+    """
+    now = datetime.now(NEW_YORK)
+    candidate = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if candidate <= now + timedelta(minutes=1):
+        day = now.date() + timedelta(days=1)
+        candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=NEW_YORK)
+    return candidate.astimezone(UTC)
 
 
 async def _parcel_event(runtime: Runtime, world: World, type: str, unit: str = "4B") -> int:
@@ -177,7 +184,7 @@ async def test_quiet_hours_delay_reminders_but_never_alarms(
     home = world.home
     await add_device(client, home.people["resident"], "token-resident")
     await add_device(client, home.people["staff"], "token-staff")
-    night = _tomorrow_at(23, 30)  # inside the default 22:00-07:00 quiet hours
+    night = _next_local(23, 30)  # inside the default 22:00-07:00 quiet hours
     reminder = await _parcel_event(runtime, world, "parcel.reminder")
     await record(
         runtime,
@@ -217,7 +224,7 @@ async def test_quiet_hours_can_be_switched_off_by_policy(
     )
     await add_device(client, home.people["resident"], "token-resident")
     await _parcel_event(runtime, world, "parcel.reminder")
-    await dispatcher.drain(_tomorrow_at(23, 30))
+    await dispatcher.drain(_next_local(23, 30))
     assert [r.message["data"]["type"] for r in fcm.sends()] == ["parcel.reminder"]
 
 
@@ -297,3 +304,20 @@ async def test_the_get_answer_can_be_sent_back_with_a_flag_flipped(
     assert by_type["kiosk.offline"] is False
     assert by_type["door.forced"] is True
     assert answer["quiet_hours"] == document["quiet_hours"]
+
+
+async def test_events_older_than_the_max_age_are_not_pushed(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    """A dispatcher started after a long outage does not flood phones with old news."""
+    await add_device(client, world.home.people["resident"], "token-resident")
+    old = await _parcel_event(runtime, world, "parcel.deposited")
+    later = datetime.now(UTC) + timedelta(seconds=runtime.settings.outbox_max_age_seconds + 60)
+    await dispatcher.drain(later)
+    assert fcm.sends() == []
+    item = await notification_for(client, world.home.people["staff"], world.home.property_id, old)
+    assert (item["state"], item["last_error"]) == ("skipped", "expired")
