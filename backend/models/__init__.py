@@ -3,6 +3,7 @@
 from backend.models.credential import (
     Credential,
     CredentialRedemption,
+    JournalCursor,
     JournalEntry,
     JournalFork,
     Revocation,
@@ -19,6 +20,7 @@ from backend.models.work_order import DoorStatus, EmergencyRequest, KeyCustody, 
 __all__ = [
     "Credential",
     "CredentialRedemption",
+    "JournalCursor",
     "JournalEntry",
     "JournalFork",
     "Revocation",

@@ -153,3 +153,15 @@ class JournalFork(SQLModel, table=True):
     hash: str = Field(default="", max_length=128)
     content_hash: str = Field(max_length=64)
     received_at: datetime = time_field()
+
+
+class JournalCursor(SQLModel, table=True):
+    """Per kiosk: every seq up to ``accepted_through`` is stored (so gaps are searched above it)."""
+
+    __tablename__ = "journal_cursor"
+
+    kiosk_id: str = Field(
+        foreign_key="kiosk.id", primary_key=True, max_length=32, ondelete="CASCADE"
+    )
+    accepted_through: int = 0
+    updated_at: datetime = time_field()

@@ -34,13 +34,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, exists
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend.models import Credential, CredentialRedemption, JournalEntry, JournalFork, Kiosk
+from backend.models import (
+    Credential,
+    CredentialRedemption,
+    JournalCursor,
+    JournalEntry,
+    JournalFork,
+    Kiosk,
+)
 from backend.services.events import record_event
 
 log = logging.getLogger("concierge.journal")
@@ -52,6 +57,7 @@ JournalHandler = Callable[[AsyncSession, Kiosk, JournalEntry, datetime], Awaitab
 REDEMPTION_HOOKS: list[RedemptionHook] = []
 JOURNAL_HANDLERS: dict[str, JournalHandler] = {}
 MAX_GAPS = 100
+SCAN_LIMIT = 10_000  # seqs above the cursor read per upload when looking for gaps
 
 
 @dataclass(frozen=True)
@@ -313,47 +319,52 @@ async def _run_safely(session: AsyncSession, entry: JournalEntry, call: Awaitabl
     session.add(entry)
 
 
-async def accepted_through(session: AsyncSession, kiosk_id: str) -> tuple[int, list[list[int]]]:
-    """The highest seq with every seq before it stored, and the missing ranges above it."""
-    later = aliased(JournalEntry)
-    ends = (
+async def accepted_through(session: AsyncSession, kiosk_id: str) -> int:
+    """The highest seq with every seq before it stored (what sync reports)."""
+    cursor = await session.get(JournalCursor, kiosk_id)
+    return cursor.accepted_through if cursor is not None else 0
+
+
+async def _advance(
+    session: AsyncSession, kiosk_id: str, now: datetime
+) -> tuple[int, list[list[int]]]:
+    """Move the kiosk's cursor over newly contiguous seqs; the gaps above it (bounded).
+
+    Only seqs above the cursor are read, so the cost does not grow with the journal's length.
+    """
+    statement = select(JournalCursor).where(JournalCursor.kiosk_id == kiosk_id).with_for_update()
+    cursor = (await session.exec(statement.execution_options(populate_existing=True))).first()
+    if cursor is None:
+        try:
+            async with session.begin_nested():
+                session.add(JournalCursor(kiosk_id=kiosk_id, accepted_through=0, updated_at=now))
+        except IntegrityError:
+            pass
+        cursor = (await session.exec(statement.execution_options(populate_existing=True))).one()
+    through = cursor.accepted_through
+    seqs = (
         await session.exec(
             select(JournalEntry.seq)
-            .where(
-                JournalEntry.kiosk_id == kiosk_id,
-                ~exists().where(
-                    and_(col(later.kiosk_id) == kiosk_id, col(later.seq) == JournalEntry.seq + 1)
-                ),
-            )
+            .where(JournalEntry.kiosk_id == kiosk_id, col(JournalEntry.seq) > through)
             .order_by(col(JournalEntry.seq))
-            .limit(MAX_GAPS + 1)
+            .limit(SCAN_LIMIT)
         )
     ).all()
-    if not ends:
-        return 0, []
-    starts = (
-        await session.exec(
-            select(JournalEntry.seq)
-            .where(
-                JournalEntry.kiosk_id == kiosk_id,
-                ~exists().where(
-                    and_(col(later.kiosk_id) == kiosk_id, col(later.seq) == JournalEntry.seq - 1)
-                ),
-            )
-            .order_by(col(JournalEntry.seq))
-            .limit(MAX_GAPS + 1)
-        )
-    ).all()
-    # Runs of stored seqs are [starts[i], ends[i]]; gaps lie between them (and before the first).
     gaps: list[list[int]] = []
-    through = 0
-    if starts[0] > 1:
-        gaps.append([1, starts[0] - 1])
-    else:
-        through = ends[0]
-    for i in range(1, min(len(starts), len(ends))):
-        gaps.append([ends[i - 1] + 1, starts[i] - 1])
-    return through, gaps[:MAX_GAPS]
+    expected = through + 1
+    for seq in seqs:
+        if seq != expected:
+            gaps.append([expected, seq - 1])
+            if len(gaps) >= MAX_GAPS:
+                break
+        elif not gaps:
+            through = seq
+        expected = seq + 1
+    if through != cursor.accepted_through:
+        cursor.accepted_through = through
+        cursor.updated_at = now
+        session.add(cursor)
+    return through, gaps
 
 
 async def ingest(
@@ -402,7 +413,7 @@ async def ingest(
     await session.flush()
     for pending in events:
         await record_event(session, **pending.kwargs)
-    result.accepted_through, result.gaps = await accepted_through(session, kiosk.id)
+    result.accepted_through, result.gaps = await _advance(session, kiosk.id, now)
     if result.forks:
         log.warning("kiosk journal forked", extra={"kiosk_id": kiosk.id, "seqs": result.forks[:20]})
     return result
