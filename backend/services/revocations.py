@@ -208,10 +208,12 @@ async def revoke_for_staff(
     mine = sorted(p for p in member_of | holding if manages(p))
     if not mine:
         raise errors.NotFound("Device not found" if kind == "device" else "User not found")
+    everywhere = mine
     if kind == "device":
-        # A lost phone: its credentials are refused at every property that holds some.
-        mine = sorted(set(mine) | holding)
-    return [
+        # A lost phone: its credentials are refused at every property that holds some (the
+        # caller is only told about its own properties).
+        everywhere = sorted(set(mine) | holding)
+    rows = [
         await revoke(
             session,
             property_id=property_id,
@@ -222,8 +224,9 @@ async def revoke_for_staff(
             now=now,
             skew_seconds=skew,
         )
-        for property_id in mine
+        for property_id in everywhere
     ]
+    return [r for r in rows if manages(r.property_id)]
 
 
 async def revocation_list(session: AsyncSession, property_id: str, now: datetime) -> dict[str, Any]:
