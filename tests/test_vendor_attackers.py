@@ -264,6 +264,31 @@ async def test_key_misuse_is_refused_or_flagged(
         client, phone, visit["id"], target=f"compartment:{home.compartments['K1']}", status=404
     )
 
+    # Online, the kiosk asks first: a parcel compartment or another kiosk's is refused.
+    async def online_return(compartment_id: str, status: int) -> Any:
+        return check(
+            await client.post(
+                "/v1/kiosk/key-returns",
+                json={"key_id": key["id"], "compartment_id": compartment_id},
+                headers=home.kiosk.headers(),
+            ),
+            status,
+        )
+
+    assert (await online_return(home.compartments["A1"], 409))["code"] == "not_a_key_compartment"
+    assert (await online_return(world.other.compartments["K1"], 404))["code"] == "not_found"
+    accepted = await online_return(home.compartments["K1"], 200)
+    assert (accepted["state"], accepted["compartment_id"]) == (
+        "in_compartment",
+        home.compartments["K1"],
+    )
+    assert (await online_return(home.compartments["K1"], 409))["code"] == "compartment_occupied"
+    assert (await online_return(home.compartments["B1"], 409))["code"] == "not_a_key_compartment"
+    custody = check(await client.get(f"/v1/staff/keys/{key['id']}/custody", headers=staff.headers))[
+        "items"
+    ]
+    assert [c["action"] for c in custody][-2:] == ["checked_out", "returned"]
+
 
 async def test_override_needs_a_reason_and_one_target(client: Client, world: World) -> None:
     home = world.home

@@ -8,6 +8,7 @@ from litestar.di import Provide
 from backend.dependencies import provide_kiosk
 from backend.kiosk_api import deliveries, enrollment
 from backend.kiosk_api import journal as journal_api
+from backend.kiosk_api import keys as key_returns
 from backend.kiosk_api import sync as sync_api
 
 
@@ -19,6 +20,7 @@ def build_router() -> Router:
             *deliveries.handlers,
             *sync_api.handlers,
             *journal_api.handlers,
+            *key_returns.handlers,
         ],
         dependencies={"kiosk": Provide(provide_kiosk)},
         tags=["kiosks"],

@@ -366,23 +366,36 @@ async def _flag_return(
     )
 
 
-async def on_key_returned(session: AsyncSession, kiosk: Kiosk, entry: Any, now: datetime) -> None:
-    """JOURNAL_HANDLER "key.returned": data {key_id?, compartment_id, sub?}."""
-    data: dict[str, Any] = entry.data or {}
-    compartment_id = data.get("compartment_id")
-    key_id = data.get("key_id")
-    occurred = entry.occurred_at or now
+class ReturnRefused(Exception):
+    """Why a key return is not accepted (``reason``), and the documented error for it."""
+
+    def __init__(self, reason: str, error: errors.ConciergeError, **known: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+        self.known = known
+
+
+async def _check_return(
+    session: AsyncSession,
+    kiosk: Kiosk,
+    key_id: Any,
+    compartment_id: Any,
+    holder_hint: Any = None,
+) -> tuple[KeyItem, Compartment]:
+    """The key and the free key compartment of this kiosk it goes into, or ``ReturnRefused``."""
     compartment = (
         await session.get(Compartment, compartment_id) if isinstance(compartment_id, str) else None
     )
     if compartment is None or compartment.kiosk_id != kiosk.id:
-        await _flag_return(session, kiosk, entry, "unknown_compartment", key_id=key_id)
-        return
-    if not isinstance(key_id, str) and isinstance(data.get("sub"), str):
+        raise ReturnRefused(
+            "unknown_compartment", errors.NotFound("Compartment not found"), key_id=key_id
+        )
+    if not isinstance(key_id, str) and isinstance(holder_hint, str):
         held = (
             await session.exec(
                 select(KeyItem).where(
-                    KeyItem.holder_user_id == data["sub"],
+                    KeyItem.holder_user_id == holder_hint,
                     KeyItem.state == "checked_out",
                     KeyItem.property_id == kiosk.property_id,
                 )
@@ -391,52 +404,82 @@ async def on_key_returned(session: AsyncSession, kiosk: Kiosk, entry: Any, now: 
         key_id = held[0].id if len(held) == 1 else None
     key = await _locked_key(session, key_id) if isinstance(key_id, str) else None
     if key is None or key.property_id != kiosk.property_id:
-        await _flag_return(
-            session, kiosk, entry, "unknown_key", key_id=key_id, compartment_id=compartment.id
+        raise ReturnRefused(
+            "unknown_key",
+            errors.NotFound("Key not found"),
+            key_id=key_id,
+            compartment_id=compartment.id,
         )
-        return
+    where = {"key_id": key.id, "compartment_id": compartment.id}
     if compartment.purpose != "key":
-        await _flag_return(
-            session,
-            kiosk,
-            entry,
+        raise ReturnRefused(
             "parcel_compartment",
-            key_id=key.id,
-            compartment_id=compartment.id,
+            errors.NotAKeyCompartment("keys are returned into key compartments only"),
+            **where,
         )
-        return
     if compartment.state != "free":
-        await _flag_return(
-            session,
-            kiosk,
-            entry,
+        raise ReturnRefused(
             "compartment_occupied",
-            key_id=key.id,
-            compartment_id=compartment.id,
+            errors.CompartmentOccupied(f"compartment {compartment.label} is {compartment.state}"),
+            **where,
         )
-        return
     if key.state != "checked_out":
-        await _flag_return(
-            session, kiosk, entry, f"key_{key.state}", key_id=key.id, compartment_id=compartment.id
+        raise ReturnRefused(
+            f"key_{key.state}", errors.KeyUnavailable(f"the key is {key.state}"), **where
         )
-        return
+    return key, compartment
+
+
+async def _accept_return(
+    session: AsyncSession, kiosk: Kiosk, key: KeyItem, compartment: Compartment, at: datetime
+) -> KeyItem:
     previous_holder = key.holder_user_id
     compartment.state = "occupied"
     session.add(compartment)
-    was_overdue = key.due_back_at is not None and occurred > key.due_back_at
+    was_overdue = key.due_back_at is not None and at > key.due_back_at
     key.state, key.compartment_id, key.holder_user_id = "in_compartment", compartment.id, None
-    key.since, key.due_back_at = occurred, None
+    key.since, key.due_back_at = at, None
     await _move(
         session,
         key,
         "returned",
         f"kiosk:{kiosk.id}",
-        occurred,
+        at,
         event="key.returned",
         kiosk_id=kiosk.id,
         extra={"user_id": previous_holder, "late": was_overdue},
     )
-    await _maybe_end_visit(session, key, f"kiosk:{kiosk.id}", occurred)
+    await _maybe_end_visit(session, key, f"kiosk:{kiosk.id}", at)
+    return key
+
+
+async def return_key(
+    session: AsyncSession, kiosk: Kiosk, *, key_id: str, compartment_id: str, now: datetime
+) -> KeyItem:
+    """Online return at a kiosk (``POST /v1/kiosk/key-returns``): refused with a documented
+    error (and nothing written) when the compartment is not a free key compartment of this
+    kiosk or the key is not checked out, so the kiosk can ask for another compartment."""
+    try:
+        key, compartment = await _check_return(session, kiosk, key_id, compartment_id)
+    except ReturnRefused as refused:
+        raise refused.error from None
+    return await _accept_return(session, kiosk, key, compartment, now)
+
+
+async def on_key_returned(session: AsyncSession, kiosk: Kiosk, entry: Any, now: datetime) -> None:
+    """JOURNAL_HANDLER "key.returned": data {key_id?, compartment_id, sub?}.
+
+    The journal tells what already happened offline, so a return that breaks the rules is
+    not applied but flagged to staff (``key.return_flagged``, warning)."""
+    data: dict[str, Any] = entry.data or {}
+    try:
+        key, compartment = await _check_return(
+            session, kiosk, data.get("key_id"), data.get("compartment_id"), data.get("sub")
+        )
+    except ReturnRefused as refused:
+        await _flag_return(session, kiosk, entry, refused.reason, **refused.known)
+        return
+    await _accept_return(session, kiosk, key, compartment, entry.occurred_at or now)
 
 
 async def _maybe_end_visit(session: AsyncSession, key: KeyItem, actor: str, now: datetime) -> None:
