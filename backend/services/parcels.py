@@ -554,15 +554,26 @@ async def _cancel(
 async def _mark_picked_up(
     session: AsyncSession, parcel: Parcel, actor: str, now: datetime, **extra: Any
 ) -> None:
-    compartment_id = parcel.compartment_id
-    parcel.state = "picked_up"
-    parcel.picked_up_at = now
-    session.add(parcel)
+    await _mark_all_picked_up(session, [parcel], actor, now, **extra)
+
+
+async def _mark_all_picked_up(
+    session: AsyncSession, parcels: list[Parcel], actor: str, now: datetime, **extra: Any
+) -> None:
+    """Every row change first, then the events: no row lock is taken while holding the event
+    append lock (PostgreSQL), so a concurrent staff action on the same rows cannot deadlock."""
+    for parcel in parcels:
+        compartment_id = parcel.compartment_id
+        parcel.state = "picked_up"
+        parcel.picked_up_at = now
+        session.add(parcel)
+        await session.flush()
+        await _release(session, compartment_id)
     await session.flush()
-    await _release(session, compartment_id)
-    await _parcel_event(
-        session, parcel, "parcel.picked_up", actor, notify=True, occurred_at=now, **extra
-    )
+    for parcel in parcels:
+        await _parcel_event(
+            session, parcel, "parcel.picked_up", actor, notify=True, occurred_at=now, **extra
+        )
 
 
 async def pickup_grants(
@@ -746,6 +757,8 @@ async def pin_pickup(
     """
     prop = await session.get(Property, kiosk.property_id)
     assert prop is not None
+    if _is_postgres(session):  # one PIN check at a time per kiosk: budgets are exact
+        await session.exec(select(Kiosk.id).where(Kiosk.id == kiosk.id).with_for_update())
     rules = policy_of(prop)
     label = _normal_label(unit_label)
     unit = await unit_by_label(session, kiosk.property_id, label)
@@ -763,16 +776,15 @@ async def pin_pickup(
         return PinDecision(False, "locked_out", [], max(1, math.ceil((ends - now).total_seconds())))
     candidates: list[Parcel] = []
     if unit is not None and pin.isdigit() and len(pin) == PIN_DIGITS:
-        rows = (
-            await session.exec(
-                select(Parcel).where(
-                    Parcel.kiosk_id == kiosk.id,
-                    Parcel.unit_id == unit.id,
-                    col(Parcel.state).in_(WAITING_STATES),
-                    col(Parcel.pin_hash).is_not(None),
-                )
-            )
-        ).all()
+        statement = select(Parcel).where(
+            Parcel.kiosk_id == kiosk.id,
+            Parcel.unit_id == unit.id,
+            col(Parcel.state).in_(WAITING_STATES),
+            col(Parcel.pin_hash).is_not(None),
+        )
+        if _is_postgres(session):
+            statement = statement.with_for_update()
+        rows = (await session.exec(statement)).all()
         key = _pin_key(session)
         for parcel in rows:
             if key is not None and parcel.pin_nonce is not None:
@@ -795,7 +807,7 @@ async def pin_pickup(
                 "parcel_id": parcel.id,
             }
         )
-        await _mark_picked_up(session, parcel, f"kiosk:{kiosk.id}", now, channel="pin")
+    await _mark_all_picked_up(session, candidates, f"kiosk:{kiosk.id}", now, channel="pin")
     return PinDecision(True, "pin_ok", opened)
 
 
@@ -989,8 +1001,10 @@ async def _ingest_pin_pickup(
         await _pin_failed(session, kiosk, prop, unit, label, reason, "offline", at)
         return
     await _record_attempt(session, kiosk, unit, label, "granted", "offline", at)
-    for parcel_id in data.get("parcel_ids") or []:
-        statement = select(Parcel).where(Parcel.id == str(parcel_id))
+    picked: list[Parcel] = []
+    ids = list(dict.fromkeys(str(i) for i in (data.get("parcel_ids") or [])[:20]))
+    for parcel_id in ids:
+        statement = select(Parcel).where(Parcel.id == parcel_id)
         if _is_postgres(session):
             statement = statement.with_for_update()
         parcel = (await session.exec(statement)).first()
@@ -1002,7 +1016,8 @@ async def _ingest_pin_pickup(
             or parcel.state not in WAITING_STATES
         ):
             continue
-        await _mark_picked_up(session, parcel, f"kiosk:{kiosk.id}", at, channel="pin_offline")
+        picked.append(parcel)
+    await _mark_all_picked_up(session, picked, f"kiosk:{kiosk.id}", at, channel="pin_offline")
 
 
 # ---------------------------------------------------------------------------------------------
