@@ -11,9 +11,13 @@ The protocol (frames, close codes, resume) is in realtime/protocol.py and the RE
 - The connection registers with the hub *before* it replays, and its writer sends the replay before
   any queued live event, skipping live events whose id it already sent: no gap (anything committed
   after the replay query is dispatched live) and no duplicate (ids increase) at the seam.
-- Live events land in a bounded queue (``ws_send_queue``); the hub never waits for a socket.
-  Overflow closes the socket with 4009 (slow consumer) once the frames already written have drained
-  (or drops it when it never drains); the client reconnects and resumes.
+- Fan-out without a task per subscriber: the hub hands each socket the already-encoded frame and
+  the socket writes it at once (the ASGI send completes without suspending while the transport
+  accepts data). Only when a send suspends (the client is not reading) does a writer task take
+  over, finishing that send and draining a bounded queue (``ws_send_queue``) that fills behind it;
+  the hub never waits for a socket. Overflow closes the socket with 4009 (slow consumer) once the
+  frames already written have drained (or drops it when it never drains); the client reconnects
+  and resumes. A replay also runs in a writer task, so live events queue behind it.
 - Limits: frame size (uvicorn ``ws_max_size`` closes with 1009 before reading the payload; frames
   are checked here too), server pings every ``ws_ping_interval_seconds`` (answer ``pong``), idle
   timeout (4010) counted on client frames, maximum lifetime (4011).
@@ -70,6 +74,26 @@ async def close_socket(socket: WebSocket[Any, Any, Any], close: Close) -> None:
         await asyncio.wait_for(socket.close(close.code, close.reason), CLOSE_DRAIN_SECONDS)
 
 
+async def _finish(coroutine: Any, awaiting: Any) -> None:
+    """Drive a coroutine that was started by hand (``coroutine.send(None)``) to completion."""
+    try:
+        while True:
+            try:
+                if awaiting is None:
+                    await asyncio.sleep(0)
+                else:
+                    # What a Task does with a future its coroutine yielded: clear the flag
+                    # (it is set by the yield; awaiting it again requires it unset).
+                    awaiting._asyncio_future_blocking = False
+                    await awaiting
+            except BaseException as exc:
+                awaiting = coroutine.throw(exc)
+            else:
+                awaiting = coroutine.send(None)
+    except StopIteration:
+        return
+
+
 class AppConnection:
     """One authenticated app socket: bounded queue, one writer, checks run by the hub's sweeper."""
 
@@ -94,7 +118,6 @@ class AppConnection:
         self.last_ping = now
         self.next_recheck = now + self.settings.ws_recheck_seconds
         self.queue: deque[tuple[int, str]] = deque()
-        self.wake = asyncio.Event()
         self.last_sent = 0
         self.resume_after: int | None = None
         self.closing: Close | None = None
@@ -106,19 +129,42 @@ class AppConnection:
     # -- called by the hub (never awaits) ---------------------------------------------------
 
     def deliver(self, event_id: int, frame: str) -> None:
+        """Send now when nothing is pending (no task, no await); else queue for the writer."""
         if self.closing is not None:
+            return
+        if self.writer is None:
+            if event_id:
+                if event_id <= self.last_sent:
+                    return  # already sent by a replay: no duplicate at the seam
+                self.last_sent = event_id
+            self._send_now(frame)
             return
         if len(self.queue) >= self.settings.ws_send_queue:
             self.hub.stats["slow_consumers"] += 1
             self.close(Close.of(protocol.SLOW_CONSUMER))
             return
         self.queue.append((event_id, frame))
-        self.wake.set()
 
     def control(self, frame: dict[str, Any]) -> None:
-        if self.closing is None:
-            self.queue.append((0, encode(frame)))
-            self.wake.set()
+        self.deliver(0, encode(frame))
+
+    def _send_now(self, frame: str) -> None:
+        """Run the ASGI send synchronously; it completes without suspending unless the
+        transport is paused (the client is not reading), in which case a writer task finishes
+        it and drains whatever queues up behind it."""
+        coroutine: Any = self.socket.send(text_event(frame))
+        try:
+            awaiting = coroutine.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the client went away: the reader sees the disconnect
+            return
+        self.writer = asyncio.get_running_loop().create_task(self.write(coroutine, awaiting))
+
+    def start_writer(self) -> None:
+        """Run a replay (or drain the queue) in a writer task; live events queue meanwhile."""
+        if self.writer is None and self.closing is None:
+            self.writer = asyncio.get_running_loop().create_task(self.write())
 
     def request_recheck(self) -> None:
         self.next_recheck = 0.0
@@ -171,18 +217,19 @@ class AppConnection:
 
     # -- writer ----------------------------------------------------------------------------
 
-    async def write(self) -> None:
+    async def write(self, pending: Any = None, awaiting: Any = None) -> None:
+        """Finish a suspended send, then replay and drain the queue; exits when it is empty."""
         send = self.socket.send
         try:
+            if pending is not None:
+                await _finish(pending, awaiting)
             while self.closing is None:
                 if self.resume_after is not None:
                     after, self.resume_after = self.resume_after, None
                     await self._replay(after)
                     continue
                 if not self.queue:
-                    self.wake.clear()
-                    await self.wake.wait()
-                    continue
+                    break
                 event_id, frame = self.queue.popleft()
                 if event_id:
                     if event_id <= self.last_sent:
@@ -196,6 +243,11 @@ class AppConnection:
         except Exception:
             log.exception("realtime writer failed")
             self.close(Close.of(protocol.INTERNAL))
+        finally:
+            # Nothing awaits between the empty-queue check and here: deliver() sees the writer
+            # gone only when nothing is left to send.
+            if self.writer is asyncio.current_task():
+                self.writer = None
 
     async def _replay(self, after: int) -> None:
         limit = self.settings.ws_resume_max_events
@@ -274,7 +326,7 @@ class AppConnection:
                 self.close(frame)
             elif isinstance(frame, Resume):
                 self.resume_after = frame.after
-                self.wake.set()
+                self.start_writer()
             elif isinstance(frame, Ping):
                 self.control({"type": "pong"})
             elif isinstance(frame, Pong):
@@ -362,8 +414,9 @@ async def realtime_socket(socket: WebSocket[Any, Any, Any]) -> None:
         }
         await socket.send(text_event(encode(ready)))
         hub.add(connection)
-        connection.resume_after = after
-        connection.writer = asyncio.create_task(connection.write())
+        if after is not None:
+            connection.resume_after = after
+            connection.start_writer()
         try:
             await connection.read()
             if connection._closer is not None:
@@ -374,9 +427,11 @@ async def realtime_socket(socket: WebSocket[Any, Any, Any]) -> None:
             if connection.closing is None:
                 connection.closing = Close.of(protocol.GOING_AWAY)
                 hub.remove(connection)
-            connection.writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await connection.writer
+            writer = connection.writer
+            if writer is not None and writer is not asyncio.current_task():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
     except WebSocketDisconnect:
         return
     except Exception:
