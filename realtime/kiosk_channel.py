@@ -6,8 +6,9 @@ Protocol (contracts.md):
   A refused assertion closes with 4013; no auth frame in ``ws_auth_timeout_seconds``: 4008.
 - server -> kiosk ``{"type": "command", "id", "action": "open", "door_id" | "compartment_id", "reason"}``
   or ``{"type": "command", "id", "action": "sync"}``; kiosk -> server ``{"type": "ack", "id", "ok", "detail"}``.
-- pings both ways (``{"type": "ping"}`` -> ``{"type": "pong"}``); idle timeout and frame limits as
-  for apps. A second connection of the same kiosk replaces the first (closed with 4012).
+- pings both ways (``{"type": "ping"}`` -> ``{"type": "pong"}``; answering is optional for kiosks:
+  no idle close, dead kiosks are detected by protocol-level pings); frame limits as for apps. A
+  second connection of the same kiosk replaces the first (closed with 4012).
 
 Presence: when a kiosk connects and its last presence event is not ``kiosk.online``, the server
 records ``kiosk.online``; when it disconnects and has not reconnected (to any process, with Redis)
@@ -90,9 +91,9 @@ class KioskConnection:
     def sweep(self, now: float) -> None:
         if self.closing is not None:
             return
-        if now - self.last_received > self.settings.ws_idle_timeout_seconds:
-            self.close(Close.of(protocol.IDLE_TIMEOUT))
-        elif now - self.last_ping >= self.settings.ws_ping_interval_seconds:
+        # No idle close here: kiosk agents need not answer application pings; a dead kiosk is
+        # found by the server's protocol-level keepalive (uvicorn ws_ping_interval/timeout).
+        if now - self.last_ping >= self.settings.ws_ping_interval_seconds:
             self.last_ping = now
             asyncio.get_running_loop().create_task(self._ping())
 

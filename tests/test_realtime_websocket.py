@@ -402,3 +402,21 @@ async def test_socket_closes_4002_when_its_token_expires_unless_refreshed(
     )
     await ws2.send(json.dumps({"type": "auth", "token": other_user}))
     assert await close_code(ws2) == 4001
+
+
+async def test_pings_idle_timeout_and_max_lifetime(server: LiveServer, world: World) -> None:
+    token = world.home.people["staff"].access_token
+    tuned = msgspec.structs.replace(
+        server.settings, ws_ping_interval_seconds=0.3, ws_idle_timeout_seconds=1.5
+    )
+    async with live_server(tuned) as other:
+        ws, ready = await connect(other.ws_url, token)
+        assert ready["limits"]["idle_timeout_seconds"] == 1.5
+        for _ in range(8):  # answering pings keeps it open well past the idle timeout
+            assert (await recv(ws))["type"] == "ping"
+            await ws.send(json.dumps({"type": "pong"}))
+        assert await close_code(ws) == 4010  # stops answering: idle
+    short = msgspec.structs.replace(server.settings, ws_max_lifetime_seconds=1.0)
+    async with live_server(short) as other:
+        ws, _ = await connect(other.ws_url, token)
+        assert await close_code(ws) == 4011
