@@ -43,8 +43,26 @@ LOCKOUT_TTL = timedelta(hours=1)
 
 
 async def _locked_key(session: AsyncSession, key_id: str) -> KeyItem | None:
+    """The key row locked for this transaction, re-read (not a stale identity-map copy)."""
     return (
-        await session.exec(select(KeyItem).where(KeyItem.id == key_id).with_for_update())
+        await session.exec(
+            select(KeyItem)
+            .where(KeyItem.id == key_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+
+
+async def _locked_compartment(session: AsyncSession, compartment_id: str) -> Compartment | None:
+    """Two keys must never be placed or returned into one compartment at once."""
+    return (
+        await session.exec(
+            select(Compartment)
+            .where(Compartment.id == compartment_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
     ).first()
 
 
@@ -162,9 +180,9 @@ async def place_key(
         raise errors.KeyCheckedOut("the key is checked out; it must be returned first")
     if key.state == "lost":
         raise errors.KeyUnavailable("the key is marked lost")
-    compartment = await get_in_property(
-        session, actor, Compartment, compartment_id, label="Compartment"
-    )
+    await get_in_property(session, actor, Compartment, compartment_id, label="Compartment")
+    compartment = await _locked_compartment(session, compartment_id)
+    assert compartment is not None
     kiosk = await session.get(Kiosk, compartment.kiosk_id)
     if kiosk is None or kiosk.property_id != key.property_id:
         raise errors.NotFound("Compartment not found")
@@ -383,14 +401,9 @@ async def _check_return(
     compartment_id: Any,
     holder_hint: Any = None,
 ) -> tuple[KeyItem, Compartment]:
-    """The key and the free key compartment of this kiosk it goes into, or ``ReturnRefused``."""
-    compartment = (
-        await session.get(Compartment, compartment_id) if isinstance(compartment_id, str) else None
-    )
-    if compartment is None or compartment.kiosk_id != kiosk.id:
-        raise ReturnRefused(
-            "unknown_compartment", errors.NotFound("Compartment not found"), key_id=key_id
-        )
+    """The key and the free key compartment of this kiosk it goes into, or ``ReturnRefused``.
+
+    Locks the key row, then the compartment row (the order ``place_key`` uses too)."""
     if not isinstance(key_id, str) and isinstance(holder_hint, str):
         held = (
             await session.exec(
@@ -403,6 +416,15 @@ async def _check_return(
         ).all()
         key_id = held[0].id if len(held) == 1 else None
     key = await _locked_key(session, key_id) if isinstance(key_id, str) else None
+    compartment = (
+        await _locked_compartment(session, compartment_id)
+        if isinstance(compartment_id, str)
+        else None
+    )
+    if compartment is None or compartment.kiosk_id != kiosk.id:
+        raise ReturnRefused(
+            "unknown_compartment", errors.NotFound("Compartment not found"), key_id=key_id
+        )
     if key is None or key.property_id != kiosk.property_id:
         raise ReturnRefused(
             "unknown_key",
