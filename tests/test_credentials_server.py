@@ -362,3 +362,21 @@ async def test_automatic_schedule_rotates_a_key_that_is_due(tmp_path: Path) -> N
         second = _by_status(await get_jwks(client))
     assert second["active"] == first["next"]
     assert second["retiring"] == first["active"]
+
+
+async def test_a_process_with_another_key_encryption_key_refuses_cleanly(
+    world: World, client: AsyncTestClient, settings: Settings, tmp_path: Path
+) -> None:  # type: ignore[type-arg]
+    from tests.world import login
+
+    resident = world.home.people["resident"]
+    device_id, _ = await register_device(client, resident)
+    check(await door_credentials(client, resident, device_id, world.home.door_id), 201)
+    # Same database, a different key-encryption key (a misconfigured second host).
+    stranger = make_settings(settings.database_url, tmp_path / "other-var")
+    async with AsyncTestClient(app=create_app(stranger)) as other:
+        fresh = await login(other, resident.email)
+        response = await door_credentials(other, fresh, device_id, world.home.door_id)
+        assert check(response, 503)["code"] == "service_unavailable"
+        # The public keys are still served (they are not sealed).
+        assert check(await other.get("/.well-known/jwks.json")) == await get_jwks(client)

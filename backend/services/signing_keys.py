@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, text
@@ -94,7 +95,14 @@ def _private_key(runtime: Runtime, key: SigningKey) -> Ed25519PrivateKey:
         return cached
     if key.private_key_sealed is None:
         raise errors.ServiceUnavailable("signing key unavailable")
-    raw = unseal(runtime.kek, key.private_key_sealed, context=_context(key.kid))
+    try:
+        raw = unseal(runtime.kek, key.private_key_sealed, context=_context(key.kid))
+    except InvalidTag:
+        # Another key-encryption key sealed it: this process is misconfigured.
+        log.error(
+            "signing key cannot be unsealed: wrong key-encryption key", extra={"kid": key.kid}
+        )
+        raise errors.ServiceUnavailable("signing key unavailable") from None
     private = Ed25519PrivateKey.from_private_bytes(raw)
     cache[key.kid] = private
     return private
