@@ -174,7 +174,7 @@ async def test_abandoned_reservation_is_released(
     assert {c["label"]: c["state"] for c in compartments["items"]}["C1"] == "free"
 
 
-async def test_one_process_holds_the_policy_lease(settings: Settings, world: World) -> None:
+async def test_one_process_holds_the_policy_lease(settings: Settings) -> None:
     runtime = Runtime.create(settings)
     try:
         now = datetime.now(UTC)

@@ -225,11 +225,11 @@ async def test_duplicate_scans_are_one_parcel(client: AsyncTestClient, world: Wo
     site = world.home
     tracking = new_tracking()
     first = await deliver(client, site, size="S", tracking=tracking)
-    second = await deliver(client, site, size="S", tracking=tracking, status=200)
+    second = await deliver(client, site, size="S", tracking=tracking)
     assert second["parcel_id"] == first["parcel_id"]
     assert second["compartment"] == first["compartment"]
     await deposit(client, site, first["parcel_id"])
-    third = await deliver(client, site, size="S", tracking=tracking, status=200)
+    third = await deliver(client, site, size="S", tracking=tracking)
     assert third["parcel_id"] == first["parcel_id"]
     assert third["state"] == "deposited"
     # Concurrent duplicates of a new scan: still one parcel.
@@ -241,7 +241,8 @@ async def test_duplicate_scans_are_one_parcel(client: AsyncTestClient, world: Wo
             for _ in range(5)
         )
     )
-    assert sorted(r.status_code for r in responses) == [200, 200, 200, 200, 201]
+    assert [r.status_code for r in responses] == [201] * 5
+    assert sorted(r.headers["x-parcel-created"] for r in responses) == ["false"] * 4 + ["true"]
     assert len({r.json()["parcel_id"] for r in responses}) == 1
     assert len(await all_parcels(client, site)) == 2
     # The same tracking for another unit at this kiosk is refused, not a second parcel.

@@ -91,7 +91,7 @@ async def _recorded_rejection(
     summary="Courier intake: reserve the smallest free compartment that fits, or the office",
     description=(
         "201 with the compartment whose door opens (state `assigned`); the same tracking at "
-        "the same kiosk answers the same parcel (200). 409 `no_compartment_fits` lists the "
+        "the same kiosk answers the same parcel (also 201; header `X-Parcel-Created: false`). 409 `no_compartment_fits` lists the "
         "free larger sizes in `free_sizes`; then `to_office: true` records an office hand-over."
     ),
     responses=responses(
@@ -138,7 +138,10 @@ async def create_delivery(
         compartment_id=data.compartment_id,
     )
     view = await delivery_view(session, result.parcel, result.compartment)
-    return Response(view, status_code=201 if result.created else 200)
+    # A repeated scan answers the same parcel, and the same status, so retries look alike.
+    return Response(
+        view, status_code=201, headers={"X-Parcel-Created": str(result.created).lower()}
+    )
 
 
 @post(

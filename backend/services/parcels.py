@@ -168,9 +168,14 @@ async def _parcel_event(
     *,
     notify: bool,
     occurred_at: datetime | None = None,
+    residents_see: bool = True,
     **extra: Any,
 ) -> Event:
-    """The custody record of one step: who, when, carrier, tracking, unit, compartment."""
+    """The custody record of one step: who, when, carrier, tracking, unit, compartment.
+
+    ``residents_see=False`` keeps a step for staff only (the event carries no ``unit_id``):
+    the unit is told about a parcel once it is deposited, not while a courier is at the door.
+    """
     unit_label, compartment_label = await _labels(session, parcel)
     payload: dict[str, Any] = {
         "parcel_id": parcel.id,
@@ -193,7 +198,7 @@ async def _parcel_event(
         actor=actor,
         subject=f"parcel:{parcel.id}",
         payload=payload,
-        unit_id=parcel.unit_id,
+        unit_id=parcel.unit_id if residents_see else None,
         occurred_at=occurred_at,
         notify=notify,
     )
@@ -362,7 +367,13 @@ async def intake(
                 return Intake(existing, compartment, False)
             continue
         await _parcel_event(
-            session, parcel, "parcel.announced", actor, notify=False, occurred_at=now
+            session,
+            parcel,
+            "parcel.announced",
+            actor,
+            notify=False,
+            occurred_at=now,
+            residents_see=False,
         )
         return Intake(parcel, compartment, True)
     raise errors.ServiceUnavailable("compartments are changing too fast; try again")
@@ -543,7 +554,14 @@ async def _cancel(
     await session.flush()
     await _release(session, parcel.compartment_id)
     await _parcel_event(
-        session, parcel, "parcel.cancelled", actor, notify=False, occurred_at=now, reason=reason
+        session,
+        parcel,
+        "parcel.cancelled",
+        actor,
+        notify=False,
+        occurred_at=now,
+        reason=reason,
+        residents_see=False,
     )
 
 
@@ -1378,7 +1396,13 @@ async def _overflow_list(
         session.add(parcel)
         await session.flush()
         await _parcel_event(
-            session, parcel, "parcel.overflow_due", "system", notify=False, occurred_at=now
+            session,
+            parcel,
+            "parcel.overflow_due",
+            "system",
+            notify=False,
+            occurred_at=now,
+            residents_see=False,
         )
         actions.append(
             {
