@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from typing import Any
 
 from backend.settings import Settings
@@ -41,5 +42,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             await runtime.db.dispose()
 
-    print(json.dumps(asyncio.run(main())))
+    from backend.errors import ConciergeError
+
+    try:
+        result = asyncio.run(main())
+    except ConciergeError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
     return 0

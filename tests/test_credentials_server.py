@@ -373,10 +373,30 @@ async def test_a_process_with_another_key_encryption_key_refuses_cleanly(
     device_id, _ = await register_device(client, resident)
     check(await door_credentials(client, resident, device_id, world.home.door_id), 201)
     # Same database, a different key-encryption key (a misconfigured second host).
-    stranger = make_settings(settings.database_url, tmp_path / "other-var")
+    # Its schedule says rotation is due: it must not rotate keys the others cannot unseal.
+    stranger = make_settings(
+        settings.database_url, tmp_path / "other-var", signing_key_rotation_days=0
+    )
     async with AsyncTestClient(app=create_app(stranger)) as other:
         fresh = await login(other, resident.email)
         response = await door_credentials(other, fresh, device_id, world.home.door_id)
         assert check(response, 503)["code"] == "service_unavailable"
-        # The public keys are still served (they are not sealed).
+        # The public keys are still served (they are not sealed), and nothing was rotated.
         assert check(await other.get("/.well-known/jwks.json")) == await get_jwks(client)
+    rotate = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "backend", "keys", "rotate"],
+        cwd=ROOT,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("CONCIERGE_")},
+            "CONCIERGE_DATABASE_URL": settings.database_url,
+            "CONCIERGE_VAR_DIR": str(tmp_path / "other-var"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert rotate.returncode == 1
+    assert "key-encryption key" in rotate.stderr
+    assert "Traceback" not in rotate.stderr

@@ -172,6 +172,8 @@ async def rotate(
     if purpose not in PURPOSES:
         raise errors.ValidationFailed("purpose must be credential or emergency")
     await _lock(session)
+    if not await kek_matches(session, runtime):
+        raise errors.ServiceUnavailable("the key-encryption key does not open the signing keys")
     await ensure_keys(session, runtime, purpose, now)
     by_status = {k.status: k for k in await _keys(session, purpose, "active", "next")}
     old, new = by_status["active"], by_status["next"]
@@ -238,6 +240,25 @@ async def _due(session: AsyncSession, runtime: Runtime, purpose: str, now: datet
     return now - started >= period and now - upcoming.created_at >= _lead(runtime)
 
 
+async def kek_matches(session: AsyncSession, runtime: Runtime) -> bool:
+    """Whether this process's key-encryption key opens the stored keys (True when none exist)."""
+    key = (
+        await session.exec(
+            select(SigningKey)
+            .where(col(SigningKey.private_key_sealed).is_not(None))
+            .order_by(col(SigningKey.created_at).desc())
+            .limit(1)
+        )
+    ).first()
+    if key is None:
+        return True
+    try:
+        _private_key(runtime, key)
+    except errors.ServiceUnavailable:
+        return False
+    return True
+
+
 async def maintain(
     session: AsyncSession, runtime: Runtime, now: datetime, *, force: bool = False
 ) -> list[dict[str, Any]]:
@@ -249,6 +270,10 @@ async def maintain(
     if not force and last is not None and now - last < CHECK_INTERVAL:
         return []
     actions: list[dict[str, Any]] = []
+    if not await kek_matches(session, runtime):
+        # A misconfigured process must not create or rotate keys others cannot unseal.
+        log.error("signing keys not maintained: the key-encryption key does not match")
+        return []
     for purpose in PURPOSES:
         for created in await ensure_keys(session, runtime, purpose, now):
             actions.append({"action": "created", "purpose": purpose, "key": created})
