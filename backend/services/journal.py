@@ -112,7 +112,7 @@ def _load_features() -> None:
         try:
             importlib.import_module(name)
         except Exception:
-            log.exception("service module failed to import", extra={"module": name})
+            log.exception("service module failed to import", extra={"service_module": name})
 
 
 async def _existing(
