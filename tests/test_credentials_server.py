@@ -400,3 +400,28 @@ async def test_a_process_with_another_key_encryption_key_refuses_cleanly(
     assert rotate.returncode == 1
     assert "key-encryption key" in rotate.stderr
     assert "Traceback" not in rotate.stderr
+
+
+async def test_processes_starting_together_agree_on_one_key_set(settings: Settings) -> None:
+    """Several server processes start on a fresh database at once: one active and one next
+    key per purpose, the same for all of them."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+        clients = await asyncio.gather(
+            *(
+                stack.enter_async_context(AsyncTestClient(app=create_app(settings)))
+                for _ in range(4)
+            )
+        )
+        documents = await asyncio.gather(*(get_jwks(c) for c in clients))
+    assert all(d == documents[0] for d in documents)
+    statuses = sorted((k["purpose"], k["status"]) for k in documents[0]["keys"])
+    assert statuses == sorted(
+        [
+            ("credential", "active"),
+            ("credential", "next"),
+            ("emergency", "active"),
+            ("emergency", "next"),
+        ]
+    )
