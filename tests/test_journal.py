@@ -74,6 +74,7 @@ async def test_redemption_marks_credential_and_records_event_once(
     assert data["credential_id"] == credential["id"]
     assert data["kiosk_id"] == kiosk.id
     assert data["revoked"] is False
+    assert data["door_id"] == world.home.door_id
     assert await audit(client, staff, world.home.property_id, "credential.double_spent") == []
 
 

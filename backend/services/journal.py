@@ -244,6 +244,11 @@ async def _redeem(
         value = getattr(credential, name)
         if value is not None:
             base_payload[name] = value
+    target = base_payload["target"]
+    if isinstance(target, str) and ":" in target:
+        kind, _, target_id = target.partition(":")
+        if kind in ("door", "compartment") and target_id:
+            base_payload[f"{kind}_id"] = target_id
     common = {
         "property_id": kiosk.property_id,
         "actor": f"kiosk:{kiosk.id}",
