@@ -192,7 +192,9 @@ async def place_key(
         raise errors.CompartmentOccupied(f"compartment {compartment.label} is {compartment.state}")
     wo: WorkOrder | None = None
     if work_order_id is not None:
-        wo = await work_orders.staff_work_order(session, actor, work_order_id)
+        await work_orders.staff_work_order(session, actor, work_order_id)
+        wo = await work_orders.locked_work_order(session, work_order_id)
+        assert wo is not None
         if wo.property_id != key.property_id:
             raise errors.NotFound("Work order not found")
         if wo.state not in work_orders.OPEN_STATES:
@@ -313,19 +315,25 @@ async def _due_back(session: AsyncSession, key: KeyItem, at: datetime) -> dateti
 async def on_credential_redeemed(
     session: AsyncSession, kiosk: Kiosk, credential: Any, entry: Any, now: datetime
 ) -> None:
-    """REDEMPTION_HOOK: a visit's (or lockout's) compartment opened -> its key is checked out."""
+    """REDEMPTION_HOOK: a visit's (or lockout's) compartment opened -> its key is checked out.
+
+    Locks the key first, then the visit (the order placing and returning use)."""
     occurred = entry.occurred_at or now
     target: str = credential.target or ""
-    wo = (
-        await session.get(WorkOrder, credential.work_order_id) if credential.work_order_id else None
-    )
-    if not target.startswith("compartment:"):
-        if wo is not None and target.startswith("door:") and not wo.key_ids:
-            await work_orders.mark_started(
-                session, wo, f"kiosk:{kiosk.id}", occurred, door_id=target[5:], kiosk_id=kiosk.id
-            )
+    if target.startswith("door:"):
+        if credential.work_order_id:
+            wo = await work_orders.locked_work_order(session, credential.work_order_id)
+            if wo is not None and not wo.key_ids:
+                await work_orders.mark_started(
+                    session,
+                    wo,
+                    f"kiosk:{kiosk.id}",
+                    occurred,
+                    door_id=target[5:],
+                    kiosk_id=kiosk.id,
+                )
         return
-    if wo is None and not credential.key_id:
+    if not target.startswith("compartment:") or not (credential.work_order_id or credential.key_id):
         return
     compartment_id = target.split(":", 1)[1]
     key = (
@@ -333,15 +341,19 @@ async def on_credential_redeemed(
             select(KeyItem)
             .where(KeyItem.compartment_id == compartment_id, KeyItem.state == "in_compartment")
             .with_for_update()
+            .execution_options(populate_existing=True)
         )
     ).first()
     if key is None or key.property_id != kiosk.property_id:
         return
     if credential.key_id and key.id != credential.key_id:
         return
-    if wo is not None and key.work_order_id != wo.id:
-        return
-    if wo is None and key.lockout_user_id != credential.user_id:
+    wo = None
+    if credential.work_order_id:
+        wo = await work_orders.locked_work_order(session, credential.work_order_id)
+        if wo is None or key.work_order_id != wo.id:
+            return
+    elif key.lockout_user_id != credential.user_id:
         return
     await _set_compartment_state(session, compartment_id, "free")
     key.state = "checked_out"
@@ -508,7 +520,7 @@ async def _maybe_end_visit(session: AsyncSession, key: KeyItem, actor: str, now:
     """The last of a started visit's keys came back: the visit has ended."""
     if key.work_order_id is None:
         return
-    wo = await session.get(WorkOrder, key.work_order_id)
+    wo = await work_orders.locked_work_order(session, key.work_order_id)
     if wo is None or wo.state != "active":
         return
     still_out = (

@@ -293,6 +293,26 @@ async def staff_work_order(session: AsyncSession, actor: Actor, work_order_id: s
     return await get_in_property(session, actor, WorkOrder, work_order_id, label="Work order")
 
 
+async def locked_work_order(session: AsyncSession, work_order_id: str) -> WorkOrder | None:
+    """The visit row locked for this transaction and re-read: state changes (cancel, shorten,
+    started, ended) are read-then-write, and two kiosks may report at the same moment."""
+    return (
+        await session.exec(
+            select(WorkOrder)
+            .where(WorkOrder.id == work_order_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+
+
+async def _staff_locked(session: AsyncSession, actor: Actor, work_order_id: str) -> WorkOrder:
+    await staff_work_order(session, actor, work_order_id)
+    wo = await locked_work_order(session, work_order_id)
+    assert wo is not None
+    return wo
+
+
 async def app_work_order(session: AsyncSession, actor: Actor, work_order_id: str) -> WorkOrder:
     """A visit the phone-app caller may see: theirs as the vendor, or one to their unit."""
     wo = await session.get(WorkOrder, work_order_id)
@@ -469,7 +489,7 @@ async def _pull_due_back(
 async def cancel_work_order(
     session: AsyncSession, actor: Actor, work_order_id: str, reason: str | None, now: datetime
 ) -> WorkOrder:
-    wo = await staff_work_order(session, actor, work_order_id)
+    wo = await _staff_locked(session, actor, work_order_id)
     if wo.state not in OPEN_STATES:
         raise errors.WorkOrderClosed(f"the visit is already {wo.state}")
     prop = await session.get(Property, wo.property_id)
@@ -497,7 +517,7 @@ async def shorten_work_order(
     session: AsyncSession, actor: Actor, work_order_id: str, ends_at: datetime, now: datetime
 ) -> WorkOrder:
     """No access after ``ends_at`` (at the earliest now); credentials valid beyond it are revoked."""
-    wo = await staff_work_order(session, actor, work_order_id)
+    wo = await _staff_locked(session, actor, work_order_id)
     if wo.state not in OPEN_STATES:
         raise errors.WorkOrderClosed(f"the visit is already {wo.state}")
     current_end = min(wo.ends_at, wo.ends_early_at) if wo.ends_early_at else wo.ends_at
@@ -603,9 +623,10 @@ async def close_finished_visits(
     grace = timedelta(minutes=policy_of(prop).access_grace_minutes)
     rows = (
         await session.exec(
-            select(WorkOrder).where(
-                WorkOrder.property_id == prop.id, col(WorkOrder.state).in_(OPEN_STATES)
-            )
+            select(WorkOrder)
+            .where(WorkOrder.property_id == prop.id, col(WorkOrder.state).in_(OPEN_STATES))
+            .order_by(col(WorkOrder.id))
+            .with_for_update()
         )
     ).all()
     for wo in rows:
