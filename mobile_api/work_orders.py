@@ -94,7 +94,13 @@ async def list_my_keys(
     summary="Locked out: a one-time credential for the compartment holding my own unit key "
     "(after staff authorised it)",
     dependencies=APP_USER,
-    responses=responses(errors.NotFound, errors.KeyUnavailable, errors.Conflict),
+    responses=responses(
+        errors.NotFound,
+        errors.KeyUnavailable,
+        errors.Conflict,
+        errors.AccessRevoked,
+        errors.ServiceUnavailable,
+    ),
 )
 async def lockout_credential(
     key_id: Id,

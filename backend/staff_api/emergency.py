@@ -88,7 +88,12 @@ async def set_emergency_permission(
         "Break-glass: a short-lived emergency credential for every kiosk of the property "
         "(state issued), or a request waiting for a second staff member (state pending)"
     ),
-    responses=responses(errors.NotFound, errors.EmergencyNotPermitted),
+    responses=responses(
+        errors.NotFound,
+        errors.EmergencyNotPermitted,
+        errors.AccessRevoked,
+        errors.ServiceUnavailable,
+    ),
 )
 async def request_emergency_access(
     property_id: Id,
@@ -141,7 +146,12 @@ async def approve_emergency_request(
     "/emergency-access/{request_id:str}/credential",
     summary="Collect the approved emergency credential (requester only, once)",
     responses=responses(
-        errors.NotFound, errors.Conflict, errors.ApprovalRequired, errors.EmergencyNotPermitted
+        errors.NotFound,
+        errors.Conflict,
+        errors.ApprovalRequired,
+        errors.EmergencyNotPermitted,
+        errors.AccessRevoked,
+        errors.ServiceUnavailable,
     ),
 )
 async def collect_emergency_credential(
