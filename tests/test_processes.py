@@ -30,6 +30,7 @@ def test_server_process_starts_ready_and_stops(tmp_path: Path) -> None:
     assert not server.alive()
 
 
+@pytest.mark.postgres
 def test_fault_proxy_cuts_refuses_and_resumes() -> None:
     if not reachable(PG_HOST, PG_PORT):
         pytest.skip(PG_SKIP)
