@@ -324,6 +324,13 @@ async def test_overflow_return_and_staff_lists(client: AsyncTestClient, world: W
         )
     )
     assert [p["id"] for p in by_unit["items"]] == [one["parcel_id"]]
+    by_tracking = check(
+        await client.get(
+            f"/v1/staff/properties/{site.property_id}/parcels?tracking={two['tracking']}",
+            headers=staff.headers,
+        )
+    )
+    assert [p["id"] for p in by_tracking["items"]] == [two["parcel_id"]]
     old = check(
         await client.get(
             f"/v1/staff/properties/{site.property_id}/parcels?older_than_days=3",
@@ -422,6 +429,13 @@ async def test_occupancy_and_weekly_report(client: AsyncTestClient, world: World
         )
     )
     assert any("size L nearly full" in w for w in occupancy["warnings"])
+    warned = [e for e in await audit_events(client, site) if e["type"] == "kiosk.nearly_full"]
+    assert [(e["data"]["size"], e["data"]["occupied"], e["data"]["total"]) for e in warned] == [
+        ("S", 1, 1),
+        ("M", 1, 1),
+        ("L", 1, 1),
+    ]
+    assert all(e["severity"] == "warning" for e in warned)
 
     report = check(
         await client.get(

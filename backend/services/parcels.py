@@ -375,8 +375,44 @@ async def intake(
             occurred_at=now,
             residents_see=False,
         )
+        await _warn_if_nearly_full(session, kiosk, compartment.size, now)
         return Intake(parcel, compartment, True)
     raise errors.ServiceUnavailable("compartments are changing too fast; try again")
+
+
+async def _warn_if_nearly_full(
+    session: AsyncSession, kiosk: Kiosk, size: str, now: datetime
+) -> None:
+    """Early warning for staff when this reservation brings a size class to nearly full."""
+    rows = (
+        await session.exec(
+            select(Compartment.state, func.count())
+            .where(
+                Compartment.kiosk_id == kiosk.id,
+                Compartment.purpose == "parcel",
+                Compartment.size == size,
+                Compartment.state != "out_of_service",
+            )
+            .group_by(col(Compartment.state))
+        )
+    ).all()
+    total = sum(int(n) for _, n in rows)
+    occupied = sum(int(n) for state, n in rows if state != "free")
+    if total == 0:
+        return
+    crossed = occupied / total >= NEARLY_FULL_RATIO > (occupied - 1) / total
+    if crossed:
+        await record_event(
+            session,
+            property_id=kiosk.property_id,
+            type="kiosk.nearly_full",
+            actor=f"kiosk:{kiosk.id}",
+            subject=f"kiosk:{kiosk.id}",
+            payload={"kiosk_id": kiosk.id, "size": size, "occupied": occupied, "total": total},
+            occurred_at=now,
+            severity="warning",
+            notify=False,
+        )
 
 
 async def office_intake(

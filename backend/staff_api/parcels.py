@@ -92,7 +92,7 @@ class WeeklyReportView(msgspec.Struct):
 
 @get(
     "/properties/{property_id:str}/parcels",
-    summary="Parcels: filter by state, unit label, age (older_than_days), overflow list",
+    summary="Parcels: filter by state, unit label, tracking, age (older_than_days), overflow list",
     responses=responses(errors.NotFound),
 )
 async def list_parcels(
@@ -102,6 +102,7 @@ async def list_parcels(
     parcel_state: Annotated[ParcelState | None, QueryParameter(name="state")] = None,
     unit: Annotated[str | None, Parameter(max_length=32)] = None,
     older_than_days: Annotated[int | None, Parameter(ge=0, le=3650)] = None,
+    tracking: Annotated[str | None, Parameter(max_length=64, description="exact")] = None,
     overflow_due: FromQuery[bool | None] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
@@ -117,6 +118,8 @@ async def list_parcels(
             )
         ).first()
         statement = statement.where(Parcel.unit_id == (unit_id or ""))
+    if tracking is not None:
+        statement = statement.where(Parcel.tracking == tracking.strip())
     if older_than_days is not None:
         cutoff = utcnow() - timedelta(days=older_than_days)
         since = col(Parcel.deposited_at)
