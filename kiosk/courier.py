@@ -137,6 +137,19 @@ def _deliver_offline(state: Any, args: argparse.Namespace) -> int:
         return 1
     chosen = min(candidates, key=lambda c: (rank[c["size"]], c["label"]))
     state.doors.open(f"compartment:{chosen['id']}", reason="delivery")
+    return _journal_offline_deposit(state, args, chosen, used)
+
+
+def _journal_offline_deposit(
+    state: Any,
+    args: argparse.Namespace,
+    chosen: dict[str, Any],
+    used: dict[str, Any] | None = None,
+    parcel_id: str | None = None,
+) -> int:
+    """Record the deposit for the server to reconcile on upload."""
+    if used is None:
+        used = _meta(state, USED_KEY, {})
     closed_at = _iso(state.now())
     seq = state.journal_append(
         "parcel.deposited_offline",
@@ -155,7 +168,7 @@ def _deliver_offline(state: Any, args: argparse.Namespace) -> int:
         {
             "ok": True,
             "mode": "offline",
-            "parcel_id": None,
+            "parcel_id": parcel_id,
             "compartment": {"id": chosen["id"], "label": chosen["label"]},
             "state": "deposited",
             "journal_seq": seq,
@@ -172,6 +185,8 @@ def _run_deliver(args: argparse.Namespace) -> int:
         _emit({"ok": False, "reason": "not_enrolled"})
         return 1
     client = ServerClient(state)
+    assigned: dict[str, Any] | None = None
+    parcel_id: str | None = None
     try:
         body = client.request(
             "POST",
@@ -185,6 +200,7 @@ def _run_deliver(args: argparse.Namespace) -> int:
         )
         compartment = body.get("compartment")
         if compartment and body.get("state") == "assigned":
+            assigned, parcel_id = compartment, body.get("parcel_id")
             state.doors.open(f"compartment:{compartment['id']}", reason="delivery")
             # The simulated door closes on the parcel at once; a real kiosk waits for it.
             body = client.request(
@@ -193,6 +209,8 @@ def _run_deliver(args: argparse.Namespace) -> int:
                 json={"closed_at": _iso(state.now())},
             )
     except Offline:
+        if assigned is not None:  # the door opened on a reservation, then the network dropped
+            return _journal_offline_deposit(state, args, assigned, parcel_id=parcel_id)
         return _deliver_offline(state, args)
     except ServerError as exc:
         result: dict[str, Any] = {

@@ -293,3 +293,34 @@ async def test_pickup_with_app_credential_redeemed_at_kiosk(
         409,
     )
     assert gone["code"] == "parcel_state_conflict"
+
+
+async def test_reservation_then_offline_deposit_is_reconciled(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+) -> None:
+    """The network dropped between intake and the door closing: the kiosk journals the deposit;
+    in the reserved compartment it confirms it, in another one it moves the parcel there."""
+    site = world.home
+    same = await deliver(client, site, size="S")  # A1 reserved
+    moved = await deliver(client, site, size="M")  # B1 reserved
+    journal = Journal(site)
+    for parcel, label in ((same, "A1"), (moved, "C1")):
+        journal.append(
+            "parcel.deposited_offline",
+            {
+                "carrier": "UPS",
+                "tracking": parcel["tracking"],
+                "unit": "4B",
+                "size": parcel["size"],
+                "compartment_id": site.compartments[label],
+            },
+        )
+    await journal.upload(client)
+    deposited = {
+        p["id"]: p["compartment"]["label"]
+        for p in await parcels_of(client, site, state="deposited")
+    }
+    assert deposited == {same["parcel_id"]: "A1", moved["parcel_id"]: "C1"}
+    states = await compartment_states(client, site)
+    assert (states["A1"], states["B1"], states["C1"]) == ("occupied", "free", "occupied")

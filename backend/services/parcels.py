@@ -975,9 +975,17 @@ async def _ingest_offline_deposit(
         return
     existing = await _existing(session, kiosk.id, tracking)
     if existing is not None and existing.state != "cancelled":
-        if existing.state == "assigned" and existing.compartment_id == compartment.id:
+        if existing.state != "assigned":
+            return  # already known: a re-uploaded or duplicate entry
+        if existing.compartment_id == compartment.id:
             await confirm_deposit(session, kiosk, existing.id, at, now)
-        return  # already known: a re-uploaded or duplicate entry
+            return
+        # Reserved online in one compartment, then deposited offline in another: the parcel is
+        # where the kiosk says; the first reservation is released.
+        await _release(session, existing.compartment_id)
+        existing.compartment_id = None
+        session.add(existing)
+        await session.flush()
     holder = (
         await session.exec(
             select(Parcel).where(
