@@ -243,13 +243,14 @@ async def paced_deliveries(
     async def call(k: int, path: str, body: dict[str, Any]) -> Any:
         """As a kiosk does: a 503 (busy, outage) is retried after a short pause."""
         nonlocal retries
-        from kiosk.client import ServerError
+        from kiosk.client import Offline, ServerError
 
         for attempt in range(6):
             try:
                 return await clients[k].arequest("POST", path, json=body)
-            except ServerError as exc:
-                if exc.status != 503 or attempt == 5:
+            except (ServerError, Offline) as exc:
+                busy = isinstance(exc, Offline) or exc.status == 503
+                if not busy or attempt == 5:
                     raise
                 retries += 1
                 await asyncio.sleep(0.2 * (attempt + 1))
@@ -299,7 +300,7 @@ async def paced_deliveries(
     return {
         "target_per_second": rate,
         "achieved_per_second": round(len(delivered) / wall, 1),
-        "retried_503": retries,
+        "retried_busy_or_offline": retries,
         "failures": dict(failures),
         "intake": intake.summary(),
         "deposited": deposit.summary(),
