@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help run demo test lint fmt typecheck bench migration clean
+.PHONY: help run demo test test-all lint fmt typecheck bench migration clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: $(STAMP) ## set up and run lint, type checks and the whole test suite
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2
+
+test-all: $(STAMP) ## the whole suite with every module also on PostgreSQL (slower)
+	TEST_ALL_DATABASES=1 $(BIN)/pytest -n 2
 
 lint: $(STAMP) ## ruff lint + format check + mypy
 	$(BIN)/ruff check .

@@ -29,22 +29,35 @@ def sqlite_url(directory: Path) -> str:
     return f"sqlite+aiosqlite:///{directory / 'concierge.db'}"
 
 
-@asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """A new, empty database on the shared server; dropped (forcefully) afterwards."""
+async def create_postgres_database(template: str | None = None) -> str:
+    """A new database on the shared server (empty, or a copy of ``template``); returns its name."""
     name = "concierge_t_" + secrets.token_hex(6)
     admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        suffix = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{suffix}')
     finally:
         await admin.close()
+    return name
+
+
+async def drop_postgres_database(name: str) -> None:
+    admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
     try:
-        yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+        await asyncio.wait_for(admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'), 30)
     finally:
-        admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
-        try:
-            await asyncio.wait_for(
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'), 30
-            )
-        finally:
-            await admin.close()
+        await admin.close()
+
+
+def postgres_url(name: str) -> str:
+    return f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+
+
+@asynccontextmanager
+async def postgres_database(template: str | None = None) -> AsyncIterator[str]:
+    """A new database (empty, or a copy of ``template``) that is dropped afterwards."""
+    name = await create_postgres_database(template)
+    try:
+        yield postgres_url(name)
+    finally:
+        await drop_postgres_database(name)
