@@ -17,8 +17,8 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -78,8 +78,16 @@ POSTGRES_MODULES = {
 
 
 def pytest_report_header() -> str:
-    scope = "every module" if ALL_DATABASES else "database-sensitive modules (TEST_ALL_DATABASES=1: all)"
-    state = f"PostgreSQL variants: {scope}" if PG_UP else "PostgreSQL unreachable: its variants are SKIPPED"
+    scope = (
+        "every module"
+        if ALL_DATABASES
+        else "database-sensitive modules (TEST_ALL_DATABASES=1: all)"
+    )
+    state = (
+        f"PostgreSQL variants: {scope}"
+        if PG_UP
+        else "PostgreSQL unreachable: its variants are SKIPPED"
+    )
     return state
 
 
