@@ -420,3 +420,20 @@ async def test_pings_idle_timeout_and_max_lifetime(server: LiveServer, world: Wo
     async with live_server(short) as other:
         ws, _ = await connect(other.ws_url, token)
         assert await close_code(ws) == 4011
+
+
+async def test_periodic_recheck_closes_a_socket_whose_access_ended_silently(
+    server: LiveServer, world: World
+) -> None:
+    """Access removed without any event (directly in the database): the periodic re-check."""
+    from sqlalchemy import delete
+
+    from backend.models import Membership
+
+    vendor = world.home.people["vendor"]
+    tuned = msgspec.structs.replace(server.settings, ws_recheck_seconds=0.5)
+    async with live_server(tuned) as other:
+        ws, _ = await connect(other.ws_url, vendor.access_token)
+        async with other.runtime.db.session() as session:
+            await session.exec(delete(Membership).where(Membership.user_id == vendor.user_id))  # type: ignore[call-overload]
+        assert await close_code(ws) == 4003
