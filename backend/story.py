@@ -662,4 +662,5 @@ def play_story(settings: Settings, out: TextIO | None = None, demo_dir: Path | N
         return asyncio.run(_play(story_settings, directory, stream))
     except Exception as exc:  # the story is a demo: say what broke, plainly, and fail
         print(f"story stopped: {type(exc).__name__}: {exc}", file=stream, flush=True)
+        print(f"the server's log is in {directory / 'server.log'}", file=stream, flush=True)
         return 1
