@@ -66,6 +66,7 @@ POSTGRES_MODULES = {
     "test_migrations",
     "test_parcels_journal",
     "test_parcels_lifecycle",
+    "test_parcels_security",
     "test_push_fcm",
     "test_push_worker",
     "test_realtime_kiosk_channel",

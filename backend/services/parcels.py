@@ -54,7 +54,7 @@ from backend.runtime import Runtime
 from backend.scoping import get_in_property, staff_property
 from backend.services import policy
 from backend.services.events import record_event
-from backend.services.properties import policy_of, unit_by_label
+from backend.services.properties import policy_of
 
 SIZES = ("S", "M", "L", "XL")
 SIZE_RANK = {size: rank for rank, size in enumerate(SIZES)}
@@ -130,6 +130,24 @@ def size_for_dimensions(length_cm: float, width_cm: float, height_cm: float) -> 
         if all(e <= limit for e, limit in zip(edges, SIZE_LIMITS_CM[size], strict=True)):
             return size
     return None
+
+
+async def find_unit(session: AsyncSession, property_id: str, label: str) -> Unit | None:
+    """The unit with that label: exact first, then ignoring case ("4b" is 4B on a parcel)."""
+    label = label.strip()
+    if not label:
+        return None
+    rows = (
+        await session.exec(
+            select(Unit).where(
+                Unit.property_id == property_id, func.upper(Unit.label) == label.upper()
+            )
+        )
+    ).all()
+    exact = [u for u in rows if u.label == label]
+    if exact:
+        return exact[0]
+    return rows[0] if len(rows) == 1 else None
 
 
 def _normal_label(label: str) -> str:
@@ -292,7 +310,7 @@ async def intake(
         raise errors.ValidationFailed("carrier must not be empty")
     if size not in SIZE_RANK:
         raise errors.ValidationFailed("size must be S, M, L or XL")
-    unit = await unit_by_label(session, kiosk.property_id, unit_label)
+    unit = await find_unit(session, kiosk.property_id, unit_label)
     if unit is None:
         raise errors.UnknownUnit(f"no unit {unit_label.strip()!r} at this property")
     if compartment_id is not None:
@@ -429,7 +447,7 @@ async def office_intake(
     """A delivery handed to the office (the bank was full): recorded as ``overflowed``."""
     await staff_property(session, actor, property_id)
     tracking = _clean_tracking(tracking)
-    unit = await unit_by_label(session, property_id, unit_label)
+    unit = await find_unit(session, property_id, unit_label)
     if unit is None:
         raise errors.UnknownUnit(f"no unit {unit_label.strip()!r} at this property")
     existing = (
@@ -815,7 +833,7 @@ async def pin_pickup(
         await session.exec(select(Kiosk.id).where(Kiosk.id == kiosk.id).with_for_update())
     rules = policy_of(prop)
     label = _normal_label(unit_label)
-    unit = await unit_by_label(session, kiosk.property_id, label)
+    unit = await find_unit(session, kiosk.property_id, label)
     since = now - timedelta(minutes=rules.pin_lockout_minutes)
     unit_failures, unit_oldest = await _failures(session, kiosk.id, since, label)
     kiosk_failures, kiosk_oldest = await _failures(session, kiosk.id, since, None)
@@ -962,7 +980,7 @@ async def _ingest_offline_deposit(
     if not tracking or len(tracking) > 64 or size not in SIZE_RANK:
         await _conflict(session, kiosk, "invalid_entry", at, **base)
         return
-    unit = await unit_by_label(session, kiosk.property_id, unit_label) if unit_label else None
+    unit = await find_unit(session, kiosk.property_id, unit_label) if unit_label else None
     if unit is None:
         await _conflict(session, kiosk, "unknown_unit", at, **base)
         return
@@ -1055,7 +1073,7 @@ async def _ingest_pin_pickup(
     data = _entry_data(entry)
     at = min(_parse_time(getattr(entry, "occurred_at", None), now), now)
     label = _normal_label(str(data.get("unit") or ""))[:32]
-    unit = await unit_by_label(session, kiosk.property_id, label) if label else None
+    unit = await find_unit(session, kiosk.property_id, label) if label else None
     prop = await session.get(Property, kiosk.property_id)
     assert prop is not None
     if not data.get("granted"):
