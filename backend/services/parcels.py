@@ -1386,6 +1386,14 @@ async def holds_of(session: AsyncSession, actor: Actor, now: datetime) -> list[D
 # Policy jobs
 
 
+def _claim(session: AsyncSession, statement: Any) -> Any:
+    """Rows a policy job works on: locked, and skipped when another run has them (PostgreSQL);
+    two concurrent runs (the server's job and the CLI) never act twice on one parcel."""
+    if _is_postgres(session):
+        return statement.with_for_update(skip_locked=True)
+    return statement
+
+
 async def _reminders(
     session: AsyncSession, runtime: Runtime, prop: Property, now: datetime
 ) -> list[dict[str, Any]]:
@@ -1405,7 +1413,7 @@ async def _reminders(
     cutoff = now - timedelta(days=rules.reminder_after_days)
     rows = (
         await session.exec(
-            select(Parcel).where(
+            _claim(session, select(Parcel)).where(
                 Parcel.property_id == prop.id,
                 Parcel.state == "deposited",
                 col(Parcel.reminded_at).is_(None),
@@ -1444,7 +1452,7 @@ async def _overflow_list(
     cutoff = now - timedelta(days=rules.overflow_after_days)
     rows = (
         await session.exec(
-            select(Parcel).where(
+            _claim(session, select(Parcel)).where(
                 Parcel.property_id == prop.id,
                 Parcel.state == "deposited",
                 col(Parcel.overflow_due_at).is_(None),
@@ -1484,7 +1492,7 @@ async def _expire_reservations(
     cutoff = now - timedelta(minutes=RESERVATION_MINUTES)
     rows = (
         await session.exec(
-            select(Parcel).where(
+            _claim(session, select(Parcel)).where(
                 Parcel.property_id == prop.id,
                 Parcel.state == "assigned",
                 col(Parcel.assigned_at) <= cutoff,
