@@ -324,6 +324,13 @@ async def test_overflow_return_and_staff_lists(client: AsyncTestClient, world: W
         )
     )
     assert [p["id"] for p in by_unit["items"]] == [one["parcel_id"]]
+    by_unit_id = check(
+        await client.get(
+            f"/v1/staff/properties/{site.property_id}/parcels?unit={site.units['1A']}",
+            headers=staff.headers,
+        )
+    )
+    assert [p["id"] for p in by_unit_id["items"]] == [two["parcel_id"]]
     by_tracking = check(
         await client.get(
             f"/v1/staff/properties/{site.property_id}/parcels?tracking={two['tracking']}",

@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from backend import errors
 from backend.dependencies import ActorDep, SessionDep
-from backend.models import Kiosk, Parcel, Unit
+from backend.models import Kiosk, Parcel
 from backend.models.base import utcnow
 from backend.pagination import Page, fetch_page
 from backend.parcel_views import (
@@ -100,7 +100,7 @@ async def list_parcels(
     actor: ActorDep,
     session: SessionDep,
     parcel_state: Annotated[ParcelState | None, QueryParameter(name="state")] = None,
-    unit: Annotated[str | None, Parameter(max_length=32)] = None,
+    unit: Annotated[str | None, Parameter(max_length=32, description="label or id")] = None,
     older_than_days: Annotated[int | None, Parameter(ge=0, le=3650)] = None,
     tracking: Annotated[str | None, Parameter(max_length=64, description="exact")] = None,
     overflow_due: FromQuery[bool | None] = None,
@@ -111,13 +111,10 @@ async def list_parcels(
     statement = select(Parcel).where(Parcel.property_id == property_id)
     if parcel_state is not None:
         statement = statement.where(Parcel.state == parcel_state)
-    if unit is not None:
-        unit_id = (
-            await session.exec(
-                select(Unit.id).where(Unit.property_id == property_id, Unit.label == unit.strip())
-            )
-        ).first()
-        statement = statement.where(Parcel.unit_id == (unit_id or ""))
+    if unit is not None:  # a unit label ("4B") or a unit id
+        found = await parcels.find_unit(session, property_id, unit)
+        unit_id = found.id if found is not None else unit.strip()
+        statement = statement.where(Parcel.unit_id == unit_id)
     if tracking is not None:
         statement = statement.where(Parcel.tracking == tracking.strip())
     if older_than_days is not None:
