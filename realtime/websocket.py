@@ -412,8 +412,11 @@ async def realtime_socket(socket: WebSocket[Any, Any, Any]) -> None:
                 "resume_max_events": settings.ws_resume_max_events,
             },
         }
-        await socket.send(text_event(encode(ready)))
+        # Register and send "ready" with no await in between: every event after
+        # ``last_event_id`` then reaches this socket live (or through the replay).
         hub.add(connection)
+        ready["last_event_id"] = str(hub.last_id)
+        connection.control(ready)
         if after is not None:
             connection.resume_after = after
             connection.start_writer()
