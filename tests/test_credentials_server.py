@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +321,7 @@ async def short_lived(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient, Wo
 
     url = sqlite_url(tmp_path)
     await asyncio.to_thread(upgrade, url)
-    settings = make_settings(url, tmp_path / "var", credential_ttl_seconds=2, clock_skew_seconds=0)
+    settings = make_settings(url, tmp_path / "var", credential_ttl_seconds=5, clock_skew_seconds=0)
     async with AsyncTestClient(app=create_app(settings)) as test_client:
         yield test_client, await build_world(test_client, settings), settings
 
@@ -332,7 +333,7 @@ async def test_retiring_key_is_dropped_once_its_credentials_expired(
     resident = world.home.people["resident"]
     device_id, _ = await register_device(client, resident)
     old = _by_status(await get_jwks(client))["active"][0]
-    check(await door_credentials(client, resident, device_id, world.home.door_id), 201)
+    issued = check(await door_credentials(client, resident, device_id, world.home.door_id), 201)
     # Rotate in-process (what `concierge keys rotate` runs): a CLI start outlasts the credential.
     runtime = Runtime.create(settings)
     try:
@@ -341,7 +342,9 @@ async def test_retiring_key_is_dropped_once_its_credentials_expired(
     finally:
         await runtime.db.dispose()
     assert _by_status(await get_jwks(client))["retiring"] == [old]
-    await asyncio.sleep(2.5)  # the credential (2 s) has expired; no skew configured
+    # Wait until the credential (5 s) has expired; no skew configured.
+    expires = datetime.fromisoformat(issued["credentials"][0]["expires_at"])
+    await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.5)
     after = _by_status(await get_jwks(client))
     assert "retiring" not in after
     assert all(old not in kids for kids in after.values())

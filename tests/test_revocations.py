@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ async def test_revocation_needs_exactly_one_subject(world: World, client: AsyncT
 async def short_lived(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient, World, Settings]]:  # type: ignore[type-arg]
     url = sqlite_url(tmp_path)
     await asyncio.to_thread(upgrade, url)
-    settings = make_settings(url, tmp_path / "var", credential_ttl_seconds=1, clock_skew_seconds=0)
+    settings = make_settings(url, tmp_path / "var", credential_ttl_seconds=5, clock_skew_seconds=0)
     async with AsyncTestClient(app=create_app(settings)) as test_client:
         yield test_client, await build_world(test_client, settings), settings
 
@@ -136,10 +137,12 @@ async def test_entries_drop_out_once_what_they_revoke_has_expired(
     resident, staff = world.home.people["resident"], world.home.people["staff"]
     device_id, _ = await register_device(client, resident)
     body = check(await door_credentials(client, resident, device_id, world.home.door_id), 201)
-    check(await _revoke(client, staff, credential_id=body["credentials"][0]["id"]), 201)
+    revoked = check(await _revoke(client, staff, credential_id=body["credentials"][0]["id"]), 201)
     listed = await sync(client, world.home.kiosk)
     assert len(listed["revocations"]["entries"]) == 1
-    await asyncio.sleep(1.5)  # the credential (1 s) has expired; no skew configured
+    # Wait until the credential (5 s) has expired; no skew configured.
+    expires = datetime.fromisoformat(revoked["revocations"][0]["expires_at"])
+    await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.5)
     later = await sync(client, world.home.kiosk)
     assert later["revocations"]["entries"] == []
     assert later["revocations"]["version"] == listed["revocations"]["version"]
