@@ -92,7 +92,21 @@ def pytest_report_header() -> str:
     return state
 
 
+def _name_schemathesis_items(items: list[pytest.Item]) -> None:
+    """schemathesis 4.32 names its items ``test[GET /path]``, but pytest 9 builds node ids from
+    structured parts and drops that suffix: every operation would share one node id, and
+    xdist would run only one of them. Give each item its operation back in the id."""
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        label = getattr(item, "operation_label", None)
+        node_id = getattr(item, "_id", None)
+        if label and isinstance(node_id, NodeId) and node_id.params is None:
+            item._id = NodeId(path=node_id.path, names=node_id.names, params=label)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _name_schemathesis_items(items)
     if ALL_DATABASES:
         return
     keep, dropped = [], []
