@@ -1,7 +1,7 @@
 """Apply Alembic migrations programmatically (``concierge migrate``; tests; the demo).
 
-``heads``, not ``head``: feature branches of the schema may land as parallel heads until a
-merge revision joins them; applying every head is always correct.
+The history has a single head (a test enforces it); parallel feature branches are joined by a
+merge revision before they land.
 """
 
 from __future__ import annotations
@@ -22,4 +22,4 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str) -> None:
-    command.upgrade(alembic_config(database_url), "heads")
+    command.upgrade(alembic_config(database_url), "head")
