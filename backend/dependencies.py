@@ -42,7 +42,7 @@ async def provide_session(state: State, scope: Scope) -> AsyncGenerator[AsyncSes
     """
     runtime: Runtime = state.runtime
     async with runtime.db.sessions() as session:
-        scope.setdefault(OPEN_SESSIONS, []).append(session)  # type: ignore[typeddict-unknown-key]
+        scope.setdefault(OPEN_SESSIONS, []).append(session)  # type: ignore[misc,typeddict-unknown-key]
         try:
             yield session
         except BaseException:

@@ -97,7 +97,10 @@ def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Re
         for item in (exc.extra if isinstance(exc.extra, list) else [])
         if isinstance(item, dict)
     ]
-    detail = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors) or "The request is not valid"
+    detail = (
+        "; ".join(f"{e['field']}: {e['message']}" for e in field_errors)
+        or "The request is not valid"
+    )
     return problem(400, "validation_error", "The request is not valid", detail, errors=field_errors)
 
 

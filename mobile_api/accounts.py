@@ -100,7 +100,11 @@ async def sign_in(
     """A failure is committed before the error is raised, so the throttle counts it."""
     now = utcnow()
     try:
-        return _tokens(await accounts.login(session, runtime, data.email, data.password, _address(request), now))
+        return _tokens(
+            await accounts.login(
+                session, runtime, data.email, data.password, _address(request), now
+            )
+        )
     except errors.InvalidCredentials:
         await accounts.record_login_failure(session, data.email, _address(request), now)
         await session.commit()

@@ -17,12 +17,21 @@ DEVICE_KEY = base64.urlsafe_b64encode(bytes(range(32))).rstrip(b"=").decode()
 
 async def test_login_me_and_token_shape(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
     resident = world.home.people["resident"]
-    body = check(await client.post("/v1/auth/token", json={"email": resident.email, "password": PASSWORD}))
+    body = check(
+        await client.post("/v1/auth/token", json={"email": resident.email, "password": PASSWORD})
+    )
     assert body["token_type"] == "Bearer" and body["expires_in"] > 0
-    me = check(await client.get("/v1/me", headers={"Authorization": f"Bearer {body['access_token']}"}))
+    me = check(
+        await client.get("/v1/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    )
     assert me["id"] == resident.user_id
     assert me["memberships"] == [
-        {"property_id": world.home.property_id, "role": "resident", "unit_id": world.home.units["4B"], "company": None}
+        {
+            "property_id": world.home.property_id,
+            "role": "resident",
+            "unit_id": world.home.units["4B"],
+            "company": None,
+        }
     ]
 
 
@@ -35,8 +44,12 @@ async def test_wrong_password_is_401_problem(client: AsyncTestClient, world: Wor
     assert response.json()["code"] == "invalid_credentials"
 
 
-async def test_unknown_email_looks_like_wrong_password(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
-    response = await client.post("/v1/auth/token", json={"email": "ghost@example.test", "password": "x"})
+async def test_unknown_email_looks_like_wrong_password(
+    client: AsyncTestClient, world: World
+) -> None:  # type: ignore[type-arg]
+    response = await client.post(
+        "/v1/auth/token", json={"email": "ghost@example.test", "password": "x"}
+    )
     assert response.status_code == 401 and response.json()["code"] == "invalid_credentials"
 
 
@@ -61,16 +74,22 @@ async def test_login_throttled_per_client_address(
     settings: Settings,
 ) -> None:
     for i in range(settings.login_max_failures):
-        await client.post("/v1/auth/token", json={"email": f"spray{i}@example.test", "password": "x"})
+        await client.post(
+            "/v1/auth/token", json={"email": f"spray{i}@example.test", "password": "x"}
+        )
     response = await client.post(
         "/v1/auth/token", json={"email": world.home.people["courier"].email, "password": PASSWORD}
     )
     assert response.status_code == 429
 
 
-async def test_refresh_rotates_and_reuse_revokes_family(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_refresh_rotates_and_reuse_revokes_family(
+    client: AsyncTestClient, world: World
+) -> None:  # type: ignore[type-arg]
     resident = world.home.people["resident"]
-    first = check(await client.post("/v1/auth/refresh", json={"refresh_token": resident.refresh_token}))
+    first = check(
+        await client.post("/v1/auth/refresh", json={"refresh_token": resident.refresh_token})
+    )
     assert first["refresh_token"] != resident.refresh_token
     # The old link again: theft detected, the whole family dies, including the new link.
     reused = await client.post("/v1/auth/refresh", json={"refresh_token": resident.refresh_token})
@@ -81,7 +100,9 @@ async def test_refresh_rotates_and_reuse_revokes_family(client: AsyncTestClient,
 
 async def test_logout_revokes_family(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
     staff = world.home.people["staff"]
-    assert (await client.post("/v1/auth/logout", json={"refresh_token": staff.refresh_token})).status_code == 204
+    assert (
+        await client.post("/v1/auth/logout", json={"refresh_token": staff.refresh_token})
+    ).status_code == 204
     response = await client.post("/v1/auth/refresh", json={"refresh_token": staff.refresh_token})
     assert response.status_code == 401
 
@@ -95,7 +116,9 @@ async def test_logout_revokes_family(client: AsyncTestClient, world: World) -> N
         ("none_alg", "invalid_token"),
     ],
 )
-async def test_bad_access_tokens(client: AsyncTestClient, world: World, mutate: str, code: str) -> None:  # type: ignore[type-arg]
+async def test_bad_access_tokens(
+    client: AsyncTestClient, world: World, mutate: str, code: str
+) -> None:  # type: ignore[type-arg]
     resident = world.home.people["resident"]
     now = datetime.now(UTC)
     claims = {
@@ -126,7 +149,9 @@ async def _expired_token(client: AsyncTestClient, world: World) -> str:  # type:
     from backend.auth import issue_access_token
 
     runtime = client.app.state.runtime  # only its key is used: no I/O on the app's loop
-    return issue_access_token(runtime, world.home.people["resident"].user_id, "s", datetime.now(UTC) - timedelta(hours=2))
+    return issue_access_token(
+        runtime, world.home.people["resident"].user_id, "s", datetime.now(UTC) - timedelta(hours=2)
+    )
 
 
 async def test_missing_token_is_401(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
@@ -161,7 +186,9 @@ async def test_invitation_code_is_single_use(client: AsyncTestClient, world: Wor
         ({"email": "x@example.test", "role": "staff", "extra": 1}, "extra"),
     ],
 )
-async def test_invitation_validation(client: AsyncTestClient, world: World, body: dict, field: str | None) -> None:  # type: ignore[type-arg]
+async def test_invitation_validation(
+    client: AsyncTestClient, world: World, body: dict, field: str | None
+) -> None:  # type: ignore[type-arg]
     response = await client.post(
         f"/v1/staff/properties/{world.home.property_id}/invitations",
         json=body,
@@ -186,11 +213,15 @@ async def test_device_registration_and_ownership(client: AsyncTestClient, world:
     )
     assert device["push_enabled"] is True
     neighbour = world.home.people["neighbour"]
-    stolen = await client.patch(f"/v1/devices/{device['id']}", json={"push_token": "mine"}, headers=neighbour.headers)
+    stolen = await client.patch(
+        f"/v1/devices/{device['id']}", json={"push_token": "mine"}, headers=neighbour.headers
+    )
     assert stolen.status_code == 404
     gone = await client.delete(f"/v1/devices/{device['id']}", headers=neighbour.headers)
     assert gone.status_code == 404
-    assert (await client.delete(f"/v1/devices/{device['id']}", headers=resident.headers)).status_code == 204
+    assert (
+        await client.delete(f"/v1/devices/{device['id']}", headers=resident.headers)
+    ).status_code == 204
 
 
 @pytest.mark.parametrize(
@@ -203,7 +234,9 @@ async def test_device_registration_and_ownership(client: AsyncTestClient, world:
     ],
 )
 async def test_device_bad_input(client: AsyncTestClient, world: World, body: dict) -> None:  # type: ignore[type-arg]
-    response = await client.post("/v1/devices", json=body, headers=world.home.people["resident"].headers)
+    response = await client.post(
+        "/v1/devices", json=body, headers=world.home.people["resident"].headers
+    )
     assert response.status_code == 400
     assert response.json()["code"] == "validation_error"
 
@@ -212,10 +245,13 @@ async def test_member_removal_cuts_access_at_once(client: AsyncTestClient, world
     home = world.home
     resident = home.people["resident"]
     response = await client.delete(
-        f"/v1/staff/properties/{home.property_id}/members/{resident.user_id}", headers=home.people["staff"].headers
+        f"/v1/staff/properties/{home.property_id}/members/{resident.user_id}",
+        headers=home.people["staff"].headers,
     )
     assert response.status_code == 204
     me = check(await client.get("/v1/me", headers=resident.headers))
     assert me["memberships"] == []
-    refreshed = await client.post("/v1/auth/refresh", json={"refresh_token": resident.refresh_token})
+    refreshed = await client.post(
+        "/v1/auth/refresh", json={"refresh_token": resident.refresh_token}
+    )
     assert refreshed.status_code == 401

@@ -11,7 +11,9 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def run(args: list[str], tmp_path: Path, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], tmp_path: Path, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CONCIERGE_")}
     environment.update(
         CONCIERGE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}",
@@ -21,7 +23,12 @@ def run(args: list[str], tmp_path: Path, stdin: str = "", **env: str) -> subproc
     )
     environment.update(env)
     return subprocess.run(
-        [str(BIN / "concierge"), *args], input=stdin, capture_output=True, text=True, env=environment, timeout=120
+        [str(BIN / "concierge"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
     )
 
 
@@ -32,7 +39,11 @@ def test_migrate_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_create_admin_reads_password_from_stdin(tmp_path: Path) -> None:
-    result = run(["create-admin", "--email", "Root@Example.com", "--password-stdin"], tmp_path, stdin="a long admin password\n")
+    result = run(
+        ["create-admin", "--email", "Root@Example.com", "--password-stdin"],
+        tmp_path,
+        stdin="a long admin password\n",
+    )
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout.strip().splitlines()[-1])
     assert body["email"] == "root@example.com" and body["is_admin"] is True
@@ -40,7 +51,9 @@ def test_create_admin_reads_password_from_stdin(tmp_path: Path) -> None:
 
 
 def test_create_admin_refuses_a_short_password(tmp_path: Path) -> None:
-    result = run(["create-admin", "--email", "a@b.c", "--password-stdin"], tmp_path, stdin="short\n")
+    result = run(
+        ["create-admin", "--email", "a@b.c", "--password-stdin"], tmp_path, stdin="short\n"
+    )
     assert result.returncode == 2 and "at least 10" in result.stderr
 
 

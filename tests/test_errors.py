@@ -28,7 +28,9 @@ async def test_wrong_method(client: AsyncTestClient) -> None:  # type: ignore[ty
 
 
 async def test_malformed_json(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
-    response = await client.post("/v1/auth/token", content=b'{"email": ', headers={"content-type": "application/json"})
+    response = await client.post(
+        "/v1/auth/token", content=b'{"email": ', headers={"content-type": "application/json"}
+    )
     _problem(response, 400, "malformed_body")
 
 
@@ -41,19 +43,25 @@ async def test_malformed_json(client: AsyncTestClient) -> None:  # type: ignore[
         ([], "body"),
     ],
 )
-async def test_validation_names_the_field(client: AsyncTestClient, body: object, field: str) -> None:  # type: ignore[type-arg]
+async def test_validation_names_the_field(
+    client: AsyncTestClient, body: object, field: str
+) -> None:  # type: ignore[type-arg]
     problem = _problem(await client.post("/v1/auth/token", json=body), 400, "validation_error")
     assert field in problem["detail"]
 
 
 async def test_oversized_body(client: AsyncTestClient, settings: Settings) -> None:  # type: ignore[type-arg]
     huge = b'{"email": "' + b"a" * (settings.max_body_bytes + 10) + b'"}'
-    response = await client.post("/v1/auth/token", content=huge, headers={"content-type": "application/json"})
+    response = await client.post(
+        "/v1/auth/token", content=huge, headers={"content-type": "application/json"}
+    )
     _problem(response, 413, "body_too_large")
 
 
 async def test_long_path_ids_are_validated(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
-    response = await client.get("/v1/staff/properties/" + "x" * 200, headers=world.home.people["staff"].headers)
+    response = await client.get(
+        "/v1/staff/properties/" + "x" * 200, headers=world.home.people["staff"].headers
+    )
     _problem(response, 400, "validation_error")
 
 

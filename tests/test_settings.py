@@ -19,7 +19,9 @@ def test_defaults_run_embedded() -> None:
 
 
 def test_environment_values_are_typed() -> None:
-    settings = Settings.from_env({"CONCIERGE_ACCESS_TOKEN_TTL_SECONDS": "60", "CONCIERGE_JSON_LOGS": "true", "PATH": "/bin"})
+    settings = Settings.from_env(
+        {"CONCIERGE_ACCESS_TOKEN_TTL_SECONDS": "60", "CONCIERGE_JSON_LOGS": "true", "PATH": "/bin"}
+    )
     assert settings.access_token_ttl_seconds == 60 and settings.json_logs is True
 
 

@@ -6,11 +6,19 @@ from litestar import Router
 from litestar.di import Provide
 
 from backend.dependencies import provide_staff
-from backend.staff_api import audit, kiosks, properties, revocations
+from backend.staff_api import (
+    audit,
+    commands,
+    emergency,
+    keys,
+    kiosks,
+    properties,
+    revocations,
+    work_orders,
+)
 from backend.staff_api import credentials as issued_credentials
-from backend.staff_api import parcels as parcel_handlers
 from backend.staff_api import notifications as push_notifications
-from backend.staff_api import commands, emergency, keys, work_orders
+from backend.staff_api import parcels as parcel_handlers
 
 
 def build_router() -> Router:
