@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -23,14 +22,21 @@ from backend.runtime import Runtime
 from backend.services import parcels, policy
 from backend.settings import Settings
 from push.dispatcher import start_push_dispatcher
+from realtime import kiosk_channel, relay
+from realtime import websocket as realtime_websocket
 
-# Hooks other packages register to start and stop their background work with the server.
 StartupHook = Callable[[Litestar, Runtime], Awaitable[None]]
-STARTUP_HOOKS: list[StartupHook] = []
-STARTUP_HOOKS.append(start_push_dispatcher)
-STARTUP_HOOKS.append(jwks.ensure_signing_keys)
-STARTUP_HOOKS.append(parcels.on_startup)
-STARTUP_HOOKS.append(policy.start_policy_scheduler)
+
+# Started in this order when the server starts (each stops with the runtime's background tasks
+# and closers): signing keys exist before anything signs; parcels' PIN key and the realtime
+# relay before requests; then the jobs that only run with ``background_jobs``.
+STARTUP_HOOKS: list[StartupHook] = [
+    jwks.ensure_signing_keys,
+    parcels.on_startup,
+    relay.startup,
+    start_push_dispatcher,
+    policy.start_policy_scheduler,
+]
 
 
 def _openapi() -> OpenAPIConfig:
@@ -84,7 +90,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             mobile_api.build_router(),
             staff_api.build_router(),
             kiosk_api.build_router(),
-            *_extra_handlers(),
+            *realtime_websocket.handlers,
+            *kiosk_channel.handlers,
         ],
         dependencies={
             "runtime": Provide(provide_runtime, sync_to_thread=False),
@@ -101,19 +108,3 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     finish_openapi(app)
     return app
-
-
-# Routers of features that live outside the four API packages (realtime, well-known keys).
-EXTRA_HANDLERS: list[Any] = []
-
-# Realtime: WS /v1/realtime and WS /v1/kiosk/channel; the relay starts with the server.
-from realtime import kiosk_channel as _kiosk_channel  # noqa: E402
-from realtime import relay as _realtime_relay  # noqa: E402
-from realtime import websocket as _realtime_ws  # noqa: E402
-
-EXTRA_HANDLERS += [*_realtime_ws.handlers, *_kiosk_channel.handlers]
-STARTUP_HOOKS.append(_realtime_relay.startup)
-
-
-def _extra_handlers() -> list[Any]:
-    return list(EXTRA_HANDLERS)
