@@ -426,3 +426,37 @@ async def test_the_fcm_timeout_setting_bounds_a_hanging_call(
         await quick_runtime.db.dispose()
     item = await notification_for(client, home.people["staff"], home.property_id, event_id)
     assert item["state"] == "sent"
+
+
+async def test_scheduled_visit_is_pushed_to_the_unit_and_the_vendor(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    """The resident learns a vendor is coming (issue 7), by push as well as live."""
+    home = world.home
+    await add_device(client, home.people["resident"], "token-resident")
+    await add_device(client, home.people["vendor"], "token-vendor")
+    await add_device(client, home.people["neighbour"], "token-neighbour")
+    starts = utcnow() + timedelta(days=1)
+    response = await client.post(
+        f"/v1/staff/properties/{home.property_id}/work-orders",
+        json={
+            "unit_id": home.units["4B"],
+            "vendor_user_id": home.people["vendor"].user_id,
+            "description": "Leaking tap",
+            "starts_at": starts.isoformat(),
+            "ends_at": (starts + timedelta(hours=2)).isoformat(),
+            "door_ids": [home.door_id],
+            "key_ids": [],
+        },
+        headers=home.people["staff"].headers,
+    )
+    assert response.status_code == 201, response.text
+    await dispatcher.drain()
+    sent = {r.message["token"]: r.message for r in fcm.sends()}
+    assert set(sent) == {"token-resident", "token-vendor"}
+    assert sent["token-resident"]["notification"]["title"] == "Visit scheduled"
+    assert sent["token-resident"]["data"]["work_order_id"] == response.json()["id"]
