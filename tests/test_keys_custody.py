@@ -145,6 +145,13 @@ async def test_overdue_key_alerts_vendor_and_staff_repeating_until_returned(
     assert overdue(await policy_job(settings)) == []
     again = overdue(await policy_job(settings, key_overdue_repeat_seconds=0))
     assert [a["alert"] for a in again] == [2]
+    # The weekly report counts overdue keys, not repeated alerts.
+    report = check(
+        await client.get(
+            f"/v1/staff/properties/{home.property_id}/reports/weekly", headers=staff.headers
+        )
+    )
+    assert report["keys_overdue"] == 1
 
     # Returned: no more alerts, and the visit has ended for the resident.
     kiosk.report("key.returned", {"key_id": key["id"], "compartment_id": home.compartments["K1"]})

@@ -1305,9 +1305,10 @@ async def weekly_report(
             )
         )
     ).one()
+    # Overdue alerts repeat until the key is back: count keys, not alerts.
     keys_overdue = (
         await session.exec(
-            select(func.count())
+            select(func.count(func.distinct(Event.subject)))
             .select_from(Event)
             .where(
                 Event.property_id == property_id,
