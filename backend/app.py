@@ -104,6 +104,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         request_max_body_size=settings.max_body_bytes,
         state=State({"runtime": runtime}),
         lifespan=[lifespan],
+        # Logging is ours (backend.logs: plain or JSON lines with the request id); Litestar's
+        # default config would replace the root handlers.
+        logging_config=None,
         debug=False,
     )
     finish_openapi(app)

@@ -69,3 +69,27 @@ def test_demo_seeds_once_and_prints_passwords_once(tmp_path: Path) -> None:
 def test_unknown_setting_fails_loudly(tmp_path: Path) -> None:
     result = run(["migrate"], tmp_path, CONCIERGE_DATABSE_URL="typo")
     assert result.returncode == 2 and "CONCIERGE_DATABSE_URL" in result.stderr
+
+
+def test_serve_logs_json_lines_with_the_request_id_and_no_secrets(tmp_path: Path) -> None:
+    """`CONCIERGE_JSON_LOGS=true`: every line is JSON, carries the request id, never a password."""
+    import httpx
+
+    from tests.databases import sqlite_url
+    from tests.processes import ServerProcess, run_cli
+
+    env = {"database_url": sqlite_url(tmp_path), "var_dir": tmp_path / "var", "json_logs": "true"}
+    assert run_cli(["migrate"], env).returncode == 0
+    with ServerProcess.start(env, log_dir=tmp_path) as server:
+        response = httpx.post(
+            server.url + "/v1/auth/token",
+            json={"email": "nobody@example.test", "password": "hunter2-secret"},
+            headers={"x-request-id": "rid-4242"},
+        )
+        assert response.status_code == 401
+        server.stop()
+        log = server.log()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert lines, log
+    assert any(line["request_id"] == "rid-4242" for line in lines)
+    assert "hunter2-secret" not in log
