@@ -1395,6 +1395,21 @@ def _claim(session: AsyncSession, statement: Any) -> Any:
     return statement
 
 
+async def _unclaimed_since(
+    session: AsyncSession, prop: Property, marker: Any, cutoff: datetime
+) -> list[Parcel]:
+    """Deposited parcels waiting since ``cutoff`` that a job has not marked yet (``marker`` null)."""
+    rows = await session.exec(
+        _claim(session, select(Parcel)).where(
+            Parcel.property_id == prop.id,
+            Parcel.state == "deposited",
+            col(marker).is_(None),
+            col(Parcel.deposited_at) <= cutoff,
+        )
+    )
+    return list(rows.all())
+
+
 async def _reminders(
     session: AsyncSession, runtime: Runtime, prop: Property, now: datetime
 ) -> list[dict[str, Any]]:
@@ -1411,17 +1426,9 @@ async def _reminders(
             )
         ).all()
     )
-    cutoff = now - timedelta(days=rules.reminder_after_days)
-    rows = (
-        await session.exec(
-            _claim(session, select(Parcel)).where(
-                Parcel.property_id == prop.id,
-                Parcel.state == "deposited",
-                col(Parcel.reminded_at).is_(None),
-                col(Parcel.deposited_at) <= cutoff,
-            )
-        )
-    ).all()
+    rows = await _unclaimed_since(
+        session, prop, Parcel.reminded_at, now - timedelta(days=rules.reminder_after_days)
+    )
     actions = []
     for parcel in rows:
         if parcel.unit_id in held or parcel.deposited_at is None:
@@ -1450,17 +1457,9 @@ async def _overflow_list(
 ) -> list[dict[str, Any]]:
     """Parcels unclaimed ``overflow_after_days`` go on staff's "remove to overflow" list."""
     rules = policy_of(prop)
-    cutoff = now - timedelta(days=rules.overflow_after_days)
-    rows = (
-        await session.exec(
-            _claim(session, select(Parcel)).where(
-                Parcel.property_id == prop.id,
-                Parcel.state == "deposited",
-                col(Parcel.overflow_due_at).is_(None),
-                col(Parcel.deposited_at) <= cutoff,
-            )
-        )
-    ).all()
+    rows = await _unclaimed_since(
+        session, prop, Parcel.overflow_due_at, now - timedelta(days=rules.overflow_after_days)
+    )
     actions = []
     for parcel in rows:
         parcel.overflow_due_at = now
