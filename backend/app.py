@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -24,6 +25,7 @@ from backend.settings import Settings
 from push.dispatcher import start_push_dispatcher
 from realtime import kiosk_channel, relay
 from realtime import websocket as realtime_websocket
+from realtime.frames import remember_raw_send
 
 StartupHook = Callable[[Litestar, Runtime], Awaitable[None]]
 
@@ -37,6 +39,15 @@ STARTUP_HOOKS: list[StartupHook] = [
     start_push_dispatcher,
     policy.start_policy_scheduler,
 ]
+
+
+class ConciergeApp(Litestar):
+    """Litestar, keeping the server's own websocket ``send`` for the fan-out fast path
+    (realtime/frames.py): it is only reachable here, before Litestar wraps it."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        remember_raw_send(scope, send)
+        await super().__call__(scope, receive, send)
 
 
 def _openapi() -> OpenAPIConfig:
@@ -83,7 +94,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 await closer()
             await runtime.db.dispose()
 
-    app = Litestar(
+    app = ConciergeApp(
         route_handlers=[
             *health.handlers,
             *jwks.handlers,

@@ -39,16 +39,27 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        ws_max_size=settings.ws_max_message_bytes,
-        ws_per_message_deflate=False,
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_ping_interval_seconds,
         proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips,
-        log_config=None,
-        server_header=False,
+        **uvicorn_options(settings),
     )
     return 0
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How ``serve`` runs uvicorn (benchmarks and live-server tests reuse it, to measure and
+    test what is deployed): websocket frames capped before buffering, no compression, our
+    pings, our logging, and the sans-I/O websocket protocol the fan-out fast path writes to
+    (realtime/frames.py)."""
+    return {
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.ws_max_message_bytes,
+        "ws_per_message_deflate": False,
+        "ws_ping_interval": settings.ws_ping_interval_seconds,
+        "ws_ping_timeout": settings.ws_ping_interval_seconds,
+        "log_config": None,
+        "server_header": False,
+    }
 
 
 def _migrate(_: argparse.Namespace, settings: Settings) -> int:

@@ -94,6 +94,7 @@ def _concierge_app() -> Any:
 def serve_concierge(port: int) -> None:
     import uvicorn
 
+    from backend.cli import uvicorn_options
     from backend.settings import Settings
 
     settings = Settings.from_env()
@@ -102,13 +103,9 @@ def serve_concierge(port: int) -> None:
         factory=True,
         host="127.0.0.1",
         port=port,
-        ws_max_size=settings.ws_max_message_bytes,
-        ws_per_message_deflate=False,
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_ping_interval_seconds,
         log_level="warning",
-        server_header=False,
         backlog=8192,
+        **uvicorn_options(settings),
     )
 
 

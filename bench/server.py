@@ -20,6 +20,7 @@ from litestar import Litestar, get, post
 from sqlalchemy import text
 
 from backend.asgi import app_from_env as concierge_app_from_env
+from backend.cli import uvicorn_options
 from backend.dependencies import SessionDep
 from backend.settings import Settings
 
@@ -78,12 +79,7 @@ def serve(host: str, port: int, workers: int) -> None:
         host=host,
         port=port,
         workers=workers,
-        ws_max_size=settings.ws_max_message_bytes,
-        ws_per_message_deflate=False,
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_ping_interval_seconds,
-        log_config=None,
-        server_header=False,
+        **uvicorn_options(settings),
     )
 
 

@@ -50,6 +50,7 @@ from backend.db import _sqlite_pragmas, sessionmaker
 from backend.models import Event
 from backend.runtime import Runtime
 from backend.services import events as event_log
+from realtime.frames import OutgoingFrame
 from realtime.protocol import encode, envelope, iso
 from realtime.visibility import Audience, may_see
 
@@ -67,7 +68,7 @@ class Subscriber(Protocol):
     audience: Audience
     user_id: str
 
-    def deliver(self, event_id: int, frame: str) -> None: ...
+    def deliver(self, event_id: int, frame: OutgoingFrame) -> None: ...
 
     def request_recheck(self) -> None: ...
 
@@ -109,6 +110,7 @@ class Hub:
         self.kiosks: dict[str, KioskLink] = {}
         self.stats: dict[str, int] = {
             "dispatched": 0,
+            "direct_writes": 0,
             "table_reads": 0,
             "slow_consumers": 0,
             "redis_errors": 0,
@@ -275,14 +277,14 @@ class Hub:
         """Encode once; hand the same frame to every subscriber that may see it. No awaits."""
         view = _EventView(event)
         candidates = self.by_property.get(view.property_id, ())
-        frame: str | None = None
+        frame: OutgoingFrame | None = None
         for group in (candidates, self.admins):
             for subscriber in tuple(group):
                 if group is not self.admins and subscriber.audience.is_admin:
                     continue  # admins are served from their own set, once
                 if may_see(subscriber.audience, view):
                     if frame is None:
-                        frame = encode(envelope(event))
+                        frame = OutgoingFrame(encode(envelope(event)))
                     subscriber.deliver(view.id, frame)
         self.stats["dispatched"] += 1
         # Membership changes: re-check the user's sockets at once (revocation closes them).

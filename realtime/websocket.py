@@ -44,6 +44,7 @@ from backend.auth import decode_access_token, load_actor
 from backend.models import Event
 from backend.runtime import Runtime
 from realtime import protocol
+from realtime.frames import DirectWriter, OutgoingFrame
 from realtime.protocol import Auth, Close, Ping, Pong, Resume, encode, envelope, parse_client_frame
 from realtime.relay import Hub, get_hub
 from realtime.visibility import Audience, may_see, visible_clause
@@ -117,7 +118,8 @@ class AppConnection:
         self.last_received = now
         self.last_ping = now
         self.next_recheck = now + self.settings.ws_recheck_seconds
-        self.queue: deque[tuple[int, str]] = deque()
+        self.queue: deque[tuple[int, OutgoingFrame]] = deque()
+        self.direct = DirectWriter.for_scope(socket.scope)
         self.last_sent = 0
         self.resume_after: int | None = None
         self.closing: Close | None = None
@@ -128,7 +130,7 @@ class AppConnection:
 
     # -- called by the hub (never awaits) ---------------------------------------------------
 
-    def deliver(self, event_id: int, frame: str) -> None:
+    def deliver(self, event_id: int, frame: OutgoingFrame) -> None:
         """Send now when nothing is pending (no task, no await); else queue for the writer."""
         if self.closing is not None:
             return
@@ -146,13 +148,17 @@ class AppConnection:
         self.queue.append((event_id, frame))
 
     def control(self, frame: dict[str, Any]) -> None:
-        self.deliver(0, encode(frame))
+        self.deliver(0, OutgoingFrame(encode(frame)))
 
-    def _send_now(self, frame: str) -> None:
-        """Run the ASGI send synchronously; it completes without suspending unless the
-        transport is paused (the client is not reading), in which case a writer task finishes
-        it and drains whatever queues up behind it."""
-        coroutine: Any = self.socket.send(text_event(frame))
+    def _send_now(self, frame: OutgoingFrame) -> None:
+        """Write the shared frame bytes to the transport (realtime/frames.py) or else run the
+        ASGI send synchronously; it completes without suspending unless the transport is paused
+        (the client is not reading), in which case a writer task finishes it and drains whatever
+        queues up behind it."""
+        if self.direct is not None and self.direct.write(frame):
+            self.hub.stats["direct_writes"] += 1
+            return
+        coroutine: Any = self.socket.send(text_event(frame.text))
         try:
             awaiting = coroutine.send(None)
         except StopIteration:
@@ -235,7 +241,7 @@ class AppConnection:
                     if event_id <= self.last_sent:
                         continue  # already sent by a replay: no duplicate at the seam
                     self.last_sent = event_id
-                await send(text_event(frame))
+                await send(text_event(frame.text))
         except (WebSocketDisconnect, OSError):
             return
         except asyncio.CancelledError:

@@ -24,6 +24,7 @@ import pytest
 import uvicorn
 
 from backend.app import create_app
+from backend.cli import uvicorn_options
 from backend.runtime import Runtime
 from backend.settings import Settings
 from tests.world import World, build_world
@@ -52,13 +53,8 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
         port=port,
         lifespan="on",
         log_level="warning",
-        log_config=None,
-        ws="websockets-sansio",
-        ws_max_size=settings.ws_max_message_bytes,
-        ws_per_message_deflate=False,
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_ping_interval_seconds,
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[assignment,method-assign]

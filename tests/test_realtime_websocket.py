@@ -437,3 +437,24 @@ async def test_periodic_recheck_closes_a_socket_whose_access_ended_silently(
         async with other.runtime.db.session() as session:
             await session.exec(delete(Membership).where(Membership.user_id == vendor.user_id))  # type: ignore[call-overload]
         assert await close_code(ws) == 4003
+
+
+async def test_fan_out_fast_path_frames_every_length_correctly(
+    server: LiveServer, world: World
+) -> None:
+    """Events are written as shared frame bytes straight to the transport (realtime/frames.py):
+    the three websocket length encodings (7-bit, 16-bit, 64-bit) arrive intact, in order."""
+    home = world.home
+    ws, _ = await connect(server.ws_url, home.people["staff"].access_token)
+    hub = server.runtime.extensions["realtime"]
+    before = hub.stats["direct_writes"]
+    blobs = ["", "é" * 100, "x" * 70_000]
+    produced = [
+        await produce(server.runtime, home.property_id, payload={"blob": blob}) for blob in blobs
+    ]
+    for event_id, blob in zip(produced, blobs, strict=True):
+        frame = await recv_event(ws)
+        assert frame["id"] == str(event_id)
+        assert frame["data"] == {"blob": blob}
+    assert hub.stats["direct_writes"] - before == len(blobs)
+    await ws.close()
