@@ -111,6 +111,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kiosk_offline_grace_seconds: Annotated[
         float, _doc("Grace before a disconnected kiosk is reported offline")
     ] = 30.0
+    kiosk_presence_lease_seconds: Annotated[
+        float,
+        _doc(
+            "Lease a server process holds on each connected kiosk, renewed every third of it; "
+            "lapsed longer than the offline grace: the kiosk is reported offline"
+        ),
+    ] = 30.0
     firebase_credentials: Annotated[
         str | None,
         _doc("Path to the Firebase service-account JSON; unset: pushes go to the log sender"),

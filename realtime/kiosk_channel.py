@@ -28,37 +28,40 @@ import contextlib
 import logging
 import secrets
 import time
+from datetime import timedelta
 from typing import Any
 
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
-from sqlmodel import col, select
 
 from backend import errors
-from backend.models import Event
 from backend.models.base import utcnow
 from backend.runtime import Runtime
-from backend.services.events import record_event, serialise_appends
 from backend.services.kiosks import authenticate_kiosk
 from realtime import protocol
+from realtime.presence import record_presence, settle_offline
 from realtime.protocol import Ack, Close, KioskAuth, Ping, Pong, encode, parse_client_frame
 from realtime.relay import Hub, current_hub, get_hub
 from realtime.websocket import CLOSE_DRAIN_SECONDS, close_socket, receive_text, text_event
 
 log = logging.getLogger("concierge.realtime.kiosk")
 
-PRESENCE_TYPES = ("kiosk.online", "kiosk.offline")
-
 
 class KioskConnection:
     def __init__(
-        self, socket: WebSocket[Any, Any, Any], runtime: Runtime, hub: Hub, kiosk_id: str
+        self,
+        socket: WebSocket[Any, Any, Any],
+        runtime: Runtime,
+        hub: Hub,
+        kiosk_id: str,
+        property_id: str,
     ) -> None:
         self.socket = socket
         self.runtime = runtime
         self.settings = runtime.settings
         self.hub = hub
         self.kiosk_id = kiosk_id
+        self.property_id = property_id
         now = time.monotonic()
         self.last_received = now
         self.last_ping = now
@@ -152,43 +155,19 @@ class KioskConnection:
                 self.close(Close.of(protocol.BAD_FRAME, "unexpected frame"))
 
 
-async def record_presence(runtime: Runtime, kiosk_id: str, property_id: str, online: bool) -> None:
-    """Record kiosk.online / kiosk.offline unless it is already the kiosk's last presence."""
-    wanted = "kiosk.online" if online else "kiosk.offline"
-    async with runtime.db.session() as session:
-        await serialise_appends(session)
-        last = (
-            await session.exec(
-                select(Event.type)
-                .where(
-                    Event.property_id == property_id,
-                    Event.subject == f"kiosk:{kiosk_id}",
-                    col(Event.type).in_(PRESENCE_TYPES),
-                )
-                .order_by(col(Event.id).desc())
-                .limit(1)
-            )
-        ).first()
-        if last == wanted or (last is None and not online):
-            return
-        await record_event(
-            session,
-            property_id=property_id,
-            type=wanted,
-            actor=f"kiosk:{kiosk_id}",
-            subject=f"kiosk:{kiosk_id}",
-            payload={"kiosk_id": kiosk_id},
-        )
-
-
 async def _report_offline_later(
     runtime: Runtime, hub: Hub, kiosk_id: str, property_id: str
 ) -> None:
+    """The holder's own, timely ``kiosk.offline``; the presence sweeper of any process records it
+    instead if this process dies before (the lease was expired on disconnect)."""
     await asyncio.sleep(runtime.settings.kiosk_offline_grace_seconds)
-    if await hub.kiosk_online_anywhere(kiosk_id):
-        return
     try:
-        await record_presence(runtime, kiosk_id, property_id, online=False)
+        if await hub.kiosk_online_anywhere(kiosk_id):
+            return
+        # Re-checked under the append lock, by the sweeper's rule (a lease that lapsed less
+        # than the grace ago still counts: the kiosk came back and left again meanwhile).
+        grace = timedelta(seconds=runtime.settings.kiosk_offline_grace_seconds)
+        await settle_offline(runtime, kiosk_id, property_id, expired_before=utcnow() - grace)
     except Exception:
         log.exception("could not record kiosk.offline for %s", kiosk_id)
 
@@ -228,9 +207,9 @@ async def kiosk_channel(socket: WebSocket[Any, Any, Any]) -> None:
         except errors.ConciergeError:
             await close_socket(socket, Close.of(protocol.INVALID_ASSERTION))
             return
-        connection = KioskConnection(socket, runtime, hub, kiosk_id)
+        connection = KioskConnection(socket, runtime, hub, kiosk_id, property_id)
         await connection._send({"type": "ready", "kiosk_id": kiosk_id})
-        replaced = await hub.kiosk_connected(connection)
+        replaced = await hub.kiosk_connected(connection)  # claims the lease first
         if isinstance(replaced, KioskConnection):
             replaced.close(Close.of(protocol.REPLACED))
         _track(runtime, record_presence(runtime, kiosk_id, property_id, online=True))

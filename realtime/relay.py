@@ -24,9 +24,13 @@ writer, and a connection whose queue overflows is closed as a slow consumer (it 
 table). Redis loss: readiness reports ``redis: unavailable``, the bridge reconnects with backoff,
 and meanwhile polling keeps every local socket served.
 
-Kiosk channels: commands for a kiosk connected to another process travel on
-``<prefix>:proc:<process id>``; which process holds a kiosk is the key ``<prefix>:kiosk:<id>``
-(refreshed while connected, with an expiry, deleted on disconnect).
+Kiosk channels: which process holds a kiosk's channel is a lease row in the database
+(``kiosk_presence``, realtime/presence.py), claimed on connect, renewed by the hub's presence task
+every third of ``kiosk_presence_lease_seconds`` and expired on disconnect. The same task sweeps
+leases of dead processes (``kiosk.offline`` once they lapsed longer than the grace period), so
+presence is right with or without Redis, and after a process crash. With Redis, commands for a
+kiosk connected to another process travel on ``<prefix>:proc:<process id>``, addressed through the
+key ``<prefix>:kiosk:<id>`` (refreshed while connected, with an expiry, deleted on disconnect).
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.db import _sqlite_pragmas, sessionmaker
 from backend.models import Event
+from backend.models.base import utcnow
 from backend.runtime import Runtime
 from backend.services import events as event_log
+from realtime import presence
 from realtime.frames import OutgoingFrame
 from realtime.protocol import encode, envelope, iso
 from realtime.visibility import Audience, may_see
@@ -81,6 +87,7 @@ class KioskLink(Protocol):
     """A connected kiosk channel."""
 
     kiosk_id: str
+    property_id: str
 
     async def command(self, command: dict[str, Any], wait_seconds: float) -> dict[str, Any]: ...
 
@@ -142,6 +149,7 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._consume(), name="realtime-relay"))
             self._tasks.append(asyncio.create_task(self._poll(), name="realtime-poll"))
             self._tasks.append(asyncio.create_task(self._sweep(), name="realtime-sweep"))
+            self._tasks.append(asyncio.create_task(self._presence(), name="realtime-presence"))
             if self.redis is not None:
                 self._tasks.append(asyncio.create_task(self.redis.run(), name="realtime-redis"))
             self.started = True
@@ -310,12 +318,40 @@ class Hub:
                 last_presence = now
                 await self.redis.refresh_presence(list(self.kiosks))
 
+    async def _presence(self) -> None:
+        """Renew this process's kiosk leases, then sweep every process's lapsed ones."""
+        while True:
+            await asyncio.sleep(presence.renew_interval(self.runtime))
+            try:
+                await self.renew_leases()
+            except Exception:
+                log.exception("kiosk presence renewal failed")
+            try:
+                await presence.sweep(self.runtime)
+            except Exception:
+                log.exception("kiosk presence sweep failed")
+
+    async def renew_leases(self) -> None:
+        held = {kiosk_id: link.property_id for kiosk_id, link in self.kiosks.items()}
+        restored = await presence.renew(self.runtime, self.process_id, held, utcnow())
+        for kiosk_id in restored:
+            await presence.record_presence(self.runtime, kiosk_id, held[kiosk_id], online=True)
+
     # -- kiosks ----------------------------------------------------------------------------
 
     async def kiosk_connected(self, link: KioskLink) -> KioskLink | None:
-        """Register a kiosk channel; returns the link it replaces (to be closed)."""
+        """Register a kiosk channel and claim its lease; returns the link it replaces.
+
+        A failed claim is logged, not raised: the next renewal puts the missing lease back.
+        """
         old = self.kiosks.get(link.kiosk_id)
         self.kiosks[link.kiosk_id] = link
+        try:
+            await presence.claim(
+                self.runtime, link.kiosk_id, link.property_id, self.process_id, utcnow()
+            )
+        except Exception:
+            log.exception("could not claim the presence lease of kiosk %s", link.kiosk_id)
         if self.redis is not None:
             await self.redis.claim_kiosk(link.kiosk_id)
         return old
@@ -325,13 +361,18 @@ class Hub:
             del self.kiosks[link.kiosk_id]
             if self.redis is not None:
                 await self.redis.release_kiosk(link.kiosk_id)
+            try:
+                await presence.release(self.runtime, link.kiosk_id, self.process_id, utcnow())
+            except Exception:  # the lease lapses by itself; the sweeper settles it
+                log.exception("could not release the presence lease of kiosk %s", link.kiosk_id)
 
     async def kiosk_online_anywhere(self, kiosk_id: str) -> bool:
+        """Connected here, or (Redis) announced by another process, or under an unexpired lease."""
         if kiosk_id in self.kiosks:
             return True
-        if self.redis is not None:
-            return await self.redis.kiosk_owner(kiosk_id) is not None
-        return False
+        if self.redis is not None and await self.redis.kiosk_owner(kiosk_id) is not None:
+            return True
+        return await presence.holder(self.runtime, kiosk_id, utcnow()) is not None
 
 
 def _read_sessions(runtime: Runtime) -> async_sessionmaker[AsyncSession]:

@@ -63,6 +63,7 @@ POSTGRES_MODULES = {
     "test_journal",
     "test_keys_custody",
     "test_kiosk_offline_day",
+    "test_kiosk_presence",
     "test_migrations",
     "test_parcels_journal",
     "test_parcels_lifecycle",

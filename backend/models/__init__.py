@@ -12,6 +12,7 @@ from backend.models.credential import (
 from backend.models.event import Event, Outbox
 from backend.models.kiosk import Compartment, Kiosk, KioskAssertionUse
 from backend.models.parcel import DeliveryHold, JobLease, Parcel, PinAttempt
+from backend.models.presence import KioskPresence
 from backend.models.property import Door, Property, Unit
 from backend.models.push import NotificationPreference, PushDelivery
 from backend.models.user import Device, Invitation, LoginFailure, Membership, RefreshToken, User
@@ -36,6 +37,7 @@ __all__ = [
     "KeyItem",
     "Kiosk",
     "KioskAssertionUse",
+    "KioskPresence",
     "LoginFailure",
     "Membership",
     "NotificationPreference",
