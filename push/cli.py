@@ -3,6 +3,9 @@
 ``--once`` drains what is due now and exits, printing one JSON summary line. Without it, the
 worker polls until SIGTERM or SIGINT, then finishes its current round and exits 0; a worker
 killed outright loses nothing (its leased notifications are re-sent after the lease expires).
+
+The long-running worker also sweeps kiosk presence leases (realtime/presence.py): a kiosk whose
+server process died is reported offline even while no server runs the realtime hub.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
     from backend.runtime import Runtime
     from push.dispatcher import Dispatcher
     from push.senders import make_sender
+    from realtime.presence import sweep_forever
 
     runtime = Runtime.create(settings)
     sender = make_sender(settings)
@@ -38,7 +42,12 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         print(json.dumps({"worker": "started", "sender": type(sender).__name__}), flush=True)
-        await dispatcher.run(stop)
+        sweeper = asyncio.create_task(sweep_forever(runtime, stop), name="presence-sweeper")
+        try:
+            await dispatcher.run(stop)
+        finally:
+            stop.set()
+            await sweeper
         return 0
     finally:
         await sender.close()

@@ -10,11 +10,15 @@ Protocol (contracts.md):
   no idle close, dead kiosks are detected by protocol-level pings); frame limits as for apps. A
   second connection of the same kiosk replaces the first (closed with 4012).
 
-Presence: when a kiosk connects and its last presence event is not ``kiosk.online``, the server
-records ``kiosk.online``; when it disconnects and has not reconnected (to any process, with Redis)
-within ``kiosk_offline_grace_seconds``, ``kiosk.offline``. Both are property events without unit or
-user, so staff see them. The check-then-record runs under the event append lock, so two processes
-never record the same transition twice.
+Presence: when a kiosk connects, the hub claims the kiosk's lease in the database (which process
+holds its channel, until when; realtime/presence.py), then records ``kiosk.online`` unless that
+is already its last presence event. When it disconnects, the lease is expired and, unless it is
+connected again anywhere within ``kiosk_offline_grace_seconds`` (this process, Redis's owner key,
+or an unexpired lease of another process), ``kiosk.offline`` is recorded. If the holding process
+dies instead, its leases stop being renewed and the presence sweeper of any other server process
+(or ``concierge worker``) records the ``kiosk.offline`` once the lease lapsed longer than the
+grace. Both are property events without unit or user, so staff see them; every check-then-record
+runs under the event append lock, so two processes never record the same transition twice.
 
 ``send_command(runtime, kiosk_id, command, timeout)`` returns the kiosk's ack, routed through Redis
 to the process holding the kiosk when Redis is configured; it raises ``KioskOffline`` (409

@@ -34,7 +34,7 @@ from kiosk.assertion import sign_assertion
 from realtime import presence
 from realtime.relay import Hub, current_hub
 from tests.live_server import LiveServer, live_server
-from tests.processes import ServerProcess
+from tests.processes import ServerProcess, WorkerProcess
 from tests.realtime_helpers import recv
 from tests.world import KioskIdentity, World, build_world
 
@@ -357,3 +357,33 @@ async def _staff_sees(
     http: httpx.AsyncClient, token: str, kiosk_id: str, expected: list[str]
 ) -> bool:
     return await staff_presence(http, token, kiosk_id) == expected
+
+
+@pytest.mark.slow
+async def test_concierge_worker_sweeps_too(
+    client: Any, world: World, settings: Settings, tmp_path: Path
+) -> None:
+    """With no server running the hub, ``concierge worker`` settles a dead process's lease."""
+    tuned = msgspec.structs.replace(
+        settings, kiosk_presence_lease_seconds=LEASE, kiosk_offline_grace_seconds=GRACE
+    )
+    runtime = Runtime.create(tuned)
+    kiosk = world.home.kiosk
+    try:
+        await presence.record_presence(runtime, kiosk.id, kiosk.property_id, online=True)
+        await presence.claim(runtime, kiosk.id, kiosk.property_id, "dead", utcnow())
+        worker = await asyncio.to_thread(
+            WorkerProcess.start, tuned, log_dir=tmp_path, name="worker", settle=0.5
+        )
+        try:
+            offline = ["kiosk.online", "kiosk.offline"]
+            try:
+                await eventually(lambda: _events_are(runtime, kiosk.id, offline))
+            except AssertionError:
+                print(worker.log())
+                raise
+            assert await lease_of(runtime, kiosk.id) is None
+        finally:
+            assert await asyncio.to_thread(worker.stop) == 0
+    finally:
+        await runtime.db.dispose()
