@@ -20,9 +20,11 @@ dies instead, its leases stop being renewed and the presence sweeper of any othe
 grace. Both are property events without unit or user, so staff see them; every check-then-record
 runs under the event append lock, so two processes never record the same transition twice.
 
-``send_command(runtime, kiosk_id, command, timeout)`` returns the kiosk's ack, routed through Redis
-to the process holding the kiosk when Redis is configured; it raises ``KioskOffline`` (409
-``kiosk_offline``) when no channel is connected or no ack arrives in time.
+``send_command(runtime, kiosk_id, command, timeout)`` returns the kiosk's ack. A kiosk connected to
+another process is reached through Redis when it is configured, else through the database: the
+command is addressed to the holder of the kiosk's presence lease, which polls for it and writes
+the ack back (realtime/commands.py). It raises ``KioskOffline`` (409 ``kiosk_offline``) when no
+channel is connected anywhere or no ack arrives in time.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from backend import errors
 from backend.models.base import utcnow
 from backend.runtime import Runtime
 from backend.services.kiosks import authenticate_kiosk
-from realtime import protocol
+from realtime import commands, presence, protocol
 from realtime.presence import record_presence, settle_offline
 from realtime.protocol import Ack, Close, KioskAuth, Ping, Pong, encode, parse_client_frame
 from realtime.relay import Hub, current_hub, get_hub
@@ -241,31 +243,50 @@ async def send_command(
 ) -> dict[str, Any]:
     """Deliver ``command`` to the kiosk's channel and return its ack ``{id, ok, detail}``.
 
-    Raises ``errors.KioskOffline`` when no channel of that kiosk is connected (in any process,
-    with Redis) or when it does not acknowledge within ``timeout`` seconds.
+    The kiosk may be connected to this process, or to another: then the command travels over
+    Redis when it is configured, else through the database to the holder of the kiosk's
+    presence lease (realtime/commands.py; call this outside any open transaction). Raises
+    ``errors.KioskOffline`` when no channel of that kiosk is connected anywhere or when it does
+    not acknowledge within ``timeout`` seconds.
     """
     hub = current_hub(runtime)
-    if not hub.started and hub.redis is None:
-        # The hub starts with the first socket: without one, no kiosk is connected here. (Not
-        # starting it now also keeps this call free of database work inside the caller's
-        # transaction.)
+    if hub.started or hub.redis is not None:
+        await hub.start()
+        link = hub.kiosks.get(kiosk_id)
+        if link is not None:
+            try:
+                return await link.command(command, timeout)
+            except TimeoutError:
+                raise errors.KioskOffline("The kiosk did not acknowledge in time") from None
+        if hub.redis is not None:
+            return await _through_redis(hub, kiosk_id, command, timeout)
+    # No socket of this kiosk here (a hub that never started has none) and no Redis.
+    holder = await presence.holder(runtime, kiosk_id, utcnow())
+    if holder is None or holder == hub.process_id:
         raise errors.KioskOffline("The kiosk is not connected")
-    await hub.start()
-    link = hub.kiosks.get(kiosk_id)
-    if link is not None:
-        try:
-            return await link.command(command, timeout)
-        except TimeoutError:
-            raise errors.KioskOffline("The kiosk did not acknowledge in time") from None
-    if hub.redis is not None:
-        owner = await hub.redis.kiosk_owner(kiosk_id)
-        if owner is not None and owner != hub.process_id:
-            result = await hub.redis.command_remote(owner, kiosk_id, command, timeout)
-            if result is not None and not result.get("_offline"):
-                return result
-            if result is not None and result.get("detail") == "timeout":
-                raise errors.KioskOffline("The kiosk did not acknowledge in time")
-    raise errors.KioskOffline("The kiosk is not connected")
+    result = await commands.route(runtime, hub.reads, holder, kiosk_id, command, timeout)
+    return _remote_ack(result)
+
+
+async def _through_redis(
+    hub: Hub, kiosk_id: str, command: dict[str, Any], wait_seconds: float
+) -> dict[str, Any]:
+    assert hub.redis is not None
+    owner = await hub.redis.kiosk_owner(kiosk_id)
+    if owner is None or owner == hub.process_id:
+        raise errors.KioskOffline("The kiosk is not connected")
+    return _remote_ack(await hub.redis.command_remote(owner, kiosk_id, command, wait_seconds))
+
+
+def _remote_ack(result: dict[str, Any] | None) -> dict[str, Any]:
+    """The ack another process relayed; ``KioskOffline`` for no answer, or a kiosk not there."""
+    if result is None:
+        raise errors.KioskOffline("The kiosk is not connected")
+    if result.get("_offline"):
+        if result.get("detail") == "timeout":
+            raise errors.KioskOffline("The kiosk did not acknowledge in time")
+        raise errors.KioskOffline("The kiosk is not connected")
+    return result
 
 
 handlers = [kiosk_channel]

@@ -31,6 +31,8 @@ leases of dead processes (``kiosk.offline`` once they lapsed longer than the gra
 presence is right with or without Redis, and after a process crash. With Redis, commands for a
 kiosk connected to another process travel on ``<prefix>:proc:<process id>``, addressed through the
 key ``<prefix>:kiosk:<id>`` (refreshed while connected, with an expiry, deleted on disconnect).
+Without Redis they travel through the ``kiosk_command`` table, addressed to the lease holder,
+which the hub's command task polls while it holds kiosks (realtime/commands.py).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from backend.models import Event
 from backend.models.base import utcnow
 from backend.runtime import Runtime
 from backend.services import events as event_log
-from realtime import presence
+from realtime import commands, presence
 from realtime.frames import OutgoingFrame
 from realtime.protocol import encode, envelope, iso
 from realtime.visibility import Audience, may_see
@@ -124,6 +126,7 @@ class Hub:
         }
         self._inbox: asyncio.Queue[tuple[str, int, list[dict[str, Any]]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._serving: set[asyncio.Task[Any]] = set()
         self._started: asyncio.Future[None] | None = None
         self.started = False
         self.reads = _read_sessions(runtime)
@@ -150,6 +153,8 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._poll(), name="realtime-poll"))
             self._tasks.append(asyncio.create_task(self._sweep(), name="realtime-sweep"))
             self._tasks.append(asyncio.create_task(self._presence(), name="realtime-presence"))
+            if self.redis is None:
+                self._tasks.append(asyncio.create_task(self._commands(), name="realtime-commands"))
             if self.redis is not None:
                 self._tasks.append(asyncio.create_task(self.redis.run(), name="realtime-redis"))
             self.started = True
@@ -167,6 +172,8 @@ class Hub:
             subscriber.shutdown()
         for kiosk in list(self.kiosks.values()):
             kiosk.shutdown()
+        for task in self._serving:
+            task.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -328,6 +335,8 @@ class Hub:
                 log.exception("kiosk presence renewal failed")
             try:
                 await presence.sweep(self.runtime)
+                if self.redis is None:
+                    await commands.purge(self.runtime, utcnow())
             except Exception:
                 log.exception("kiosk presence sweep failed")
 
@@ -336,6 +345,40 @@ class Hub:
         restored = await presence.renew(self.runtime, self.process_id, held, utcnow())
         for kiosk_id in restored:
             await presence.record_presence(self.runtime, kiosk_id, held[kiosk_id], online=True)
+
+    async def _commands(self) -> None:
+        """Without Redis: take commands other processes addressed to this one's kiosks."""
+        while True:
+            await asyncio.sleep(commands.POLL_SECONDS)
+            if not self.kiosks:
+                continue  # nobody addresses a process holding no kiosk
+            try:
+                for row in await commands.addressed_to(self.reads, self.process_id, utcnow()):
+                    if await commands.take(self.runtime, row.id):
+                        task = asyncio.create_task(self._serve_command(row))
+                        self._serving.add(task)
+                        task.add_done_callback(self._serving.discard)
+            except Exception:
+                log.exception("kiosk command polling failed")
+                await asyncio.sleep(1.0)
+
+    async def _serve_command(self, row: Any) -> None:
+        link = self.kiosks.get(row.kiosk_id)
+        remaining = (row.expires_at - utcnow()).total_seconds()
+        result: dict[str, Any]
+        if link is None or remaining <= 0:
+            result = {"_offline": True, "ok": False, "detail": "kiosk not connected here"}
+        else:
+            try:
+                result = await link.command(dict(row.command), remaining)
+            except TimeoutError:
+                result = {"_offline": True, "ok": False, "detail": "timeout"}
+            except Exception as exc:
+                result = {"_offline": True, "ok": False, "detail": type(exc).__name__}
+        try:
+            await commands.answer(self.runtime, row.id, result)
+        except Exception:
+            log.exception("could not write back the ack of kiosk command %s", row.id)
 
     # -- kiosks ----------------------------------------------------------------------------
 

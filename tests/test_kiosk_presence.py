@@ -6,7 +6,8 @@ for a lapsed lease while sparing a reclaimed one, even with two sweepers racing.
 
 Separate processes (``concierge serve`` twice on one database, no Redis): a kiosk on process A,
 A SIGKILLed, process B records exactly one ``kiosk.offline``; a kiosk that comes back to B in
-time gets none; and B's view of presence sees a kiosk held by A.
+time gets none; B's view of presence sees a kiosk held by A; and a staff remote open sent
+through B reaches the kiosk on A through the database (realtime/commands.py) and returns its ack.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import websockets
 from sqlmodel import col, select
 from websockets.asyncio.client import ClientConnection
 
-from backend.models import Event, KioskPresence
+from backend.models import Event, KioskCommand, KioskPresence
 from backend.models.base import utcnow
 from backend.runtime import Runtime
 from backend.settings import Settings
@@ -36,7 +37,7 @@ from realtime.relay import Hub, current_hub
 from tests.live_server import LiveServer, live_server
 from tests.processes import ServerProcess, WorkerProcess
 from tests.realtime_helpers import recv
-from tests.world import KioskIdentity, World, build_world
+from tests.world import KioskIdentity, World, build_world, check
 
 LEASE = 1.0
 GRACE = 2.0
@@ -226,6 +227,7 @@ async def two_servers(
         kiosk_presence_lease_seconds=LEASE,
         kiosk_offline_grace_seconds=GRACE,
         realtime_poll_seconds=0.2,
+        override_ack_timeout_seconds=2.0,
     )
     runtime = Runtime.create(tuned)  # creates the key file both processes share
     await runtime.db.dispose()
@@ -385,5 +387,63 @@ async def test_concierge_worker_sweeps_too(
             assert await lease_of(runtime, kiosk.id) is None
         finally:
             assert await asyncio.to_thread(worker.stop) == 0
+    finally:
+        await runtime.db.dispose()
+
+
+async def answer_commands(ws: ClientConnection, seen: list[dict[str, Any]]) -> None:
+    """A kiosk agent: acknowledge every command (ok), answer pings."""
+    async for raw in ws:
+        frame = json.loads(raw)
+        if frame["type"] == "command":
+            seen.append(frame)
+            await ws.send(
+                json.dumps({"type": "ack", "id": frame["id"], "ok": True, "detail": "opened"})
+            )
+        elif frame["type"] == "ping":
+            await ws.send(json.dumps({"type": "pong"}))
+
+
+@pytest.mark.slow
+async def test_a_remote_open_through_one_server_reaches_a_kiosk_on_the_other(
+    two_servers: tuple[ServerProcess, ServerProcess], settings: Settings
+) -> None:
+    """Without Redis, the command goes through the database to the lease holder, ack back."""
+    a, b = two_servers
+    runtime = Runtime.create(settings)
+    try:
+        async with httpx.AsyncClient(base_url=b.url, timeout=30) as http_b:
+            world = await build_world(http_b, settings)  # type: ignore[arg-type]
+            home = world.home
+            staff = home.people["staff"]
+            ws = await kiosk_connect(a.ws_url, home.kiosk)
+            seen: list[dict[str, Any]] = []
+            agent = asyncio.create_task(answer_commands(ws, seen))
+            open_door = {"action": "open", "door_id": home.door_id, "reason": "locked out"}
+            url = f"/v1/staff/kiosks/{home.kiosk.id}/commands"
+            try:
+                # kiosk.online is recorded after the lease is claimed: A holds it now.
+                await eventually(
+                    lambda: _staff_sees(http_b, staff.access_token, home.kiosk.id, ["kiosk.online"])
+                )
+                result = check(await http_b.post(url, json=open_door, headers=staff.headers))
+                assert result["ok"] is True
+                assert result["acknowledged"] is True
+                assert result["detail"] == "opened"
+                assert [(c["action"], c["door_id"]) for c in seen] == [("open", home.door_id)]
+                assert seen[0]["id"] == result["command_id"]
+            finally:
+                agent.cancel()
+            # Connected to A but silent: kiosk_offline after the ack timeout, not a hang.
+            response = await http_b.post(url, json=open_door, headers=staff.headers)
+            assert check(response, 409)["code"] == "kiosk_offline"
+            # A dies: nobody to route to (first an unanswered row, then no lease at all).
+            await asyncio.to_thread(a.kill)
+            response = await http_b.post(url, json=open_door, headers=staff.headers)
+            assert check(response, 409)["code"] == "kiosk_offline"
+            await ws.close()
+        async with runtime.db.session() as session:
+            left = (await session.exec(select(KioskCommand.id))).all()
+        assert left == []  # every sender removed its row
     finally:
         await runtime.db.dispose()

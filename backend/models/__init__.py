@@ -11,6 +11,7 @@ from backend.models.credential import (
 )
 from backend.models.event import Event, Outbox
 from backend.models.kiosk import Compartment, Kiosk, KioskAssertionUse
+from backend.models.kiosk_command import KioskCommand
 from backend.models.parcel import DeliveryHold, JobLease, Parcel, PinAttempt
 from backend.models.presence import KioskPresence
 from backend.models.property import Door, Property, Unit
@@ -37,6 +38,7 @@ __all__ = [
     "KeyItem",
     "Kiosk",
     "KioskAssertionUse",
+    "KioskCommand",
     "KioskPresence",
     "LoginFailure",
     "Membership",
