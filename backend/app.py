@@ -20,7 +20,7 @@ from backend.logs import request_id_middleware
 from backend.openapi_strict import StrictStructSchemaPlugin, finish_openapi
 from backend.problems import exception_handlers
 from backend.runtime import Runtime
-from backend.services import parcels, policy
+from backend.services import parcels, pin_hasher, policy
 from backend.settings import Settings
 from push.dispatcher import start_push_dispatcher
 from realtime import kiosk_channel, relay
@@ -38,6 +38,7 @@ STARTUP_HOOKS: list[StartupHook] = [
     relay.startup,
     start_push_dispatcher,
     policy.start_policy_scheduler,
+    pin_hasher.start_pin_hasher,
 ]
 
 

@@ -7,6 +7,9 @@ for work that was not committed.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,9 +18,13 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.util import await_
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.settings import Settings
+
+WRITE_LOCK_TIMEOUT_SECONDS = 30.0  # as long as SQLite's own wait (``timeout`` below)
+_HELD = "concierge.write_lock"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -39,9 +46,7 @@ def create_engine(database_url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         # aiosqlite's default deferred transactions upgrade read locks to write locks late and
         # deadlock under concurrency; BEGIN IMMEDIATE serialises writers up front instead.
-        event.listen(
-            engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE")
-        )
+        _serialise_transactions(engine)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _no_pysqlite_begin(dbapi_connection: Any, _record: Any) -> None:
@@ -49,6 +54,51 @@ def create_engine(database_url: str) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _serialise_transactions(engine: AsyncEngine) -> None:
+    """Queue this process's SQLite transactions on an asyncio lock, then ``BEGIN IMMEDIATE``.
+
+    Why: SQLite lets one writer in at a time, and a connection that finds the write lock taken
+    waits in SQLite's busy handler, which sleeps in growing steps (up to 100 ms) before it looks
+    again, so under load the lock sits idle while waiters sleep. Queued on the event loop
+    instead, the next transaction starts the moment the previous one ends. The lock is taken when
+    a transaction begins and released at its COMMIT or ROLLBACK (the event fires just before the
+    statement completes; a successor that arrives first meets the busy handler's first, 1 ms,
+    step) or, failing those, when its connection goes back to the pool or is invalidated. Other
+    processes on the same file still meet the busy handler.
+    """
+    locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def begin(conn: Any) -> None:
+        loop = asyncio.get_running_loop()
+        lock = locks.setdefault(loop, asyncio.Lock())
+        record = conn.connection.info
+        try:
+            await_(asyncio.wait_for(lock.acquire(), WRITE_LOCK_TIMEOUT_SECONDS))
+        except TimeoutError:
+            raise sqlite3.OperationalError("database is locked (this process)") from None
+        record[_HELD] = lock
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def release(info: dict[str, Any]) -> None:
+        lock = info.pop(_HELD, None)
+        if lock is not None:
+            lock.release()
+
+    def transaction_ended(conn: Any) -> None:
+        release(conn.connection.info)
+
+    def connection_returned(_dbapi_connection: Any, record: Any, *_: Any) -> None:
+        release(record.info)  # a transaction that ended without COMMIT or ROLLBACK events
+
+    event.listen(engine.sync_engine, "begin", begin)
+    event.listen(engine.sync_engine, "commit", transaction_ended)
+    event.listen(engine.sync_engine, "rollback", transaction_ended)
+    event.listen(engine.sync_engine.pool, "checkin", connection_returned)
+    event.listen(engine.sync_engine.pool, "invalidate", connection_returned)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -11,6 +11,8 @@ from typing import Any
 import jwt
 from litestar.testing import AsyncTestClient
 
+from backend.runtime import Runtime
+from backend.settings import Settings
 from kiosk.store import GENESIS_HASH, entry_hash
 from tests.credentials_helpers import register_device
 from tests.test_parcels_lifecycle import audit_events, compartment_states, deliver, deposit
@@ -159,6 +161,42 @@ async def test_offline_intake_is_reconciled_and_conflicts_reach_staff(
         )
     )
     assert moved["state"] == "overflowed"
+
+
+async def test_pin_hashes_are_derived_after_the_deposit_once_per_pin(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    settings: Settings,
+) -> None:
+    """The deposit only draws the PIN; the background job hashes it once for all the unit's
+    waiting parcels at the kiosk, and the synced hash checks the resident's PIN."""
+    from backend.services import parcels as parcel_service
+    from backend.services.pin_hasher import derive_pending
+
+    site = world.home
+    first = await deliver(client, site, size="S")
+    second = await deliver(client, site, size="M")
+    for parcel in (first, second):
+        await deposit(client, site, parcel["parcel_id"])
+    runtime = Runtime.create(settings)  # the job as a server process runs it, on its own engine
+    parcel_service.register_runtime(runtime)
+    try:
+        assert await derive_pending(runtime) == 1  # one PIN for the unit's two parcels
+        assert await derive_pending(runtime) == 0
+    finally:
+        await runtime.db.dispose()
+    sync = check(await client.get("/v1/kiosk/sync", headers=site.kiosk.headers()))
+    entries = {e["parcel_id"]: e for e in sync["pin_hashes"]}
+    assert set(entries) == {first["parcel_id"], second["parcel_id"]}
+    assert entries[first["parcel_id"]]["pin_hash"] == entries[second["parcel_id"]]["pin_hash"]
+    pin = check(
+        await client.get(
+            f"/v1/parcels/{first['parcel_id']}", headers=site.people["resident"].headers
+        )
+    )["pickup_pin"]
+    stored = entries[first["parcel_id"]]["pin_hash"]
+    assert parcel_service.check_pin_hash(stored, pin)
+    assert not parcel_service.check_pin_hash(stored, "000000" if pin != "000000" else "111111")
 
 
 async def test_offline_pin_pickup_from_journal(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]

@@ -156,17 +156,22 @@ async def record_event(
     """Append one event (and its push outbox row) to the caller's transaction."""
     await serialise_appends(session)
     pending = session.info.get(_PENDING)
+    chain_head = (
+        select(Event.hash)
+        .where(Event.property_id == property_id)
+        .order_by(col(Event.id).desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     if pending is None:
-        # Under the lock, the highest committed id is the one that precedes ours.
-        prev_id = (await session.exec(select(func.max(Event.id)))).one() or 0  # type: ignore[arg-type]
-    last = (
-        await session.exec(
-            select(Event.hash)
-            .where(Event.property_id == property_id)
-            .order_by(col(Event.id).desc())
-            .limit(1)
-        )
-    ).first()
+        # Under the lock, the highest committed id is the one that precedes ours (one round
+        # trip for both: every kiosk request appends, so this is on the hot path).
+        prev_id, last = (
+            await session.exec(select(select(func.max(Event.id)).scalar_subquery(), chain_head))  # type: ignore[call-overload]
+        ).one()
+        prev_id = prev_id or 0
+    else:
+        last = (await session.exec(select(chain_head))).one()  # type: ignore[call-overload]
     prev_hash = last or GENESIS
     now = utcnow()
     event = Event(

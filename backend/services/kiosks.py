@@ -9,6 +9,7 @@ nothing on the server lets anyone impersonate a kiosk.
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -31,6 +32,12 @@ KIOSK_ASSERTION_TYP = "kiosk-auth+jwt"
 SIZES = ("S", "M", "L", "XL")
 PURPOSES = ("parcel", "key")
 MAX_ASSERTION_BYTES = 2048
+# Every kiosk request is authenticated, so its bookkeeping writes are rationed: ``last_seen_at``
+# moves at most every LAST_SEEN_RESOLUTION, and spent jtis past their expiry are pruned at most
+# every PRUNE_SPENT_SECONDS per process (an expired jti cannot be replayed anyway: exp is checked).
+LAST_SEEN_RESOLUTION = timedelta(seconds=30)
+PRUNE_SPENT_SECONDS = 60.0
+_next_prune = 0.0
 
 
 def _enrollment_code() -> str:
@@ -169,8 +176,9 @@ async def authenticate_kiosk(
     if exp - iat > runtime.settings.kiosk_assertion_max_seconds or iat > now.timestamp() + skew:
         raise errors.InvalidKioskAssertion()
     await _spend_assertion(session, kiosk.id, jti, datetime.fromtimestamp(exp + skew, UTC), now)
-    kiosk.last_seen_at = now
-    session.add(kiosk)
+    if kiosk.last_seen_at is None or now - kiosk.last_seen_at >= LAST_SEEN_RESOLUTION:
+        kiosk.last_seen_at = now
+        session.add(kiosk)
     return kiosk
 
 
@@ -178,9 +186,12 @@ async def _spend_assertion(
     session: AsyncSession, kiosk_id: str, jti: str, expires_at: datetime, now: datetime
 ) -> None:
     """Record the jti; the unique (kiosk_id, jti) constraint makes a replay fail."""
-    await session.exec(  # type: ignore[call-overload]
-        delete(KioskAssertionUse).where(col(KioskAssertionUse.expires_at) < now)
-    )
+    global _next_prune
+    if time.monotonic() >= _next_prune:
+        _next_prune = time.monotonic() + PRUNE_SPENT_SECONDS
+        await session.exec(  # type: ignore[call-overload]
+            delete(KioskAssertionUse).where(col(KioskAssertionUse.expires_at) < now)
+        )
     fresh = await insert_if_absent(
         session, KioskAssertionUse, {"kiosk_id": kiosk_id, "jti": jti, "expires_at": expires_at}
     )

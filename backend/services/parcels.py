@@ -12,6 +12,10 @@ Invariants:
   HMAC(key derived from the KEK, nonce), so a database dump alone reveals no PIN) and a slow
   hash the kiosk checks offline. All waiting parcels of one unit at one kiosk share one PIN,
   so one PIN opens them together. The PIN never goes into an event (events feed pushes).
+- The slow hash is not derived inside the deposit (it costs about 40 ms of CPU, on the path from
+  the door closing to the resident's phone): a background job derives it moments later
+  (backend/services/pin_hasher.py), and a kiosk that syncs first gets it derived on the spot.
+  The server itself checks online PINs against the nonce.
 
 PIN hash scheme (published to kiosks in sync ``pin_hashes``, verifiable with the Python
 standard library alone): ``hashlib.scrypt(pin.encode("ascii"), salt=salt, n=16384, r=8, p=1,
@@ -80,7 +84,7 @@ async def on_startup(_app: Any, runtime: Runtime) -> None:
     register_runtime(runtime)
 
 
-def _pin_key(session: AsyncSession) -> bytes | None:
+def pin_key(session: AsyncSession) -> bytes | None:
     bind: Any = session.bind
     return _PIN_KEYS.get(getattr(bind, "sync_engine", bind))
 
@@ -118,7 +122,7 @@ def check_pin_hash(stored: str, pin: str) -> bool:
 
 def pickup_pin(session: AsyncSession, parcel: Parcel) -> str | None:
     """The PIN of a waiting parcel (for the resident's and staff's views), else None."""
-    key = _pin_key(session)
+    key = pin_key(session)
     if parcel.state not in WAITING_STATES or parcel.pin_nonce is None or key is None:
         return None
     return pin_from_nonce(key, parcel.pin_nonce)
@@ -529,7 +533,7 @@ async def _kiosk_parcel(session: AsyncSession, kiosk: Kiosk, parcel_id: str) -> 
 
 async def _assign_pin(session: AsyncSession, parcel: Parcel) -> None:
     """Give a waiting parcel its unit's PIN at this kiosk (shared by the unit's waiting parcels)."""
-    if _pin_key(session) is None:
+    if pin_key(session) is None:
         return
     sibling = (
         await session.exec(
@@ -545,11 +549,36 @@ async def _assign_pin(session: AsyncSession, parcel: Parcel) -> None:
     if sibling is not None:
         parcel.pin_nonce, parcel.pin_hash = sibling.pin_nonce, sibling.pin_hash
         return
-    key = _pin_key(session)
-    assert key is not None
-    nonce = secrets.token_urlsafe(16)
-    parcel.pin_nonce = nonce
-    parcel.pin_hash = await asyncio.to_thread(hash_pin, pin_from_nonce(key, nonce))
+    parcel.pin_nonce = secrets.token_urlsafe(16)  # the slow hash follows (pin_hasher.py)
+
+
+async def _derive_pin_hashes(session: AsyncSession, kiosk_id: str) -> None:
+    """Give every waiting parcel at the kiosk whose PIN has no slow hash yet its hash (one per
+    PIN: the parcels sharing a nonce share the hash). Normally the background job got there
+    first and this finds nothing to do."""
+    key = pin_key(session)
+    if key is None:
+        return
+    waiting = (
+        await session.exec(
+            select(Parcel).where(
+                Parcel.kiosk_id == kiosk_id,
+                col(Parcel.state).in_(WAITING_STATES),
+                col(Parcel.pin_nonce).is_not(None),
+            )
+        )
+    ).all()
+    known = {p.pin_nonce: p.pin_hash for p in waiting if p.pin_hash is not None}
+    for parcel in waiting:
+        if parcel.pin_hash is not None or parcel.pin_nonce is None:
+            continue
+        digest = known.get(parcel.pin_nonce)
+        if digest is None:
+            digest = await asyncio.to_thread(hash_pin, pin_from_nonce(key, parcel.pin_nonce))
+            known[parcel.pin_nonce] = digest
+        parcel.pin_hash = digest
+        session.add(parcel)
+    await session.flush()
 
 
 async def confirm_deposit(
@@ -852,17 +881,19 @@ async def pin_pickup(
             Parcel.kiosk_id == kiosk.id,
             Parcel.unit_id == unit.id,
             col(Parcel.state).in_(WAITING_STATES),
-            col(Parcel.pin_hash).is_not(None),
+            col(Parcel.pin_nonce).is_not(None),
         )
         if _is_postgres(session):
             statement = statement.with_for_update()
         rows = (await session.exec(statement)).all()
-        key = _pin_key(session)
+        key = pin_key(session)
         for parcel in rows:
             if key is not None and parcel.pin_nonce is not None:
                 ok = hmac.compare_digest(pin_from_nonce(key, parcel.pin_nonce), pin)
+            elif parcel.pin_hash is not None:
+                ok = await asyncio.to_thread(check_pin_hash, parcel.pin_hash, pin)
             else:
-                ok = await asyncio.to_thread(check_pin_hash, parcel.pin_hash or "", pin)
+                ok = False
             if ok:
                 candidates.append(parcel)
     if not candidates:
@@ -887,6 +918,7 @@ async def pin_hashes_for_kiosk(
     session: AsyncSession, kiosk: Kiosk, now: datetime
 ) -> list[dict[str, Any]]:
     """Sync ``pin_hashes``: what the kiosk needs to check a unit + PIN offline."""
+    await _derive_pin_hashes(session, kiosk.id)
     rows = (
         await session.exec(
             select(Parcel, Unit.label, Compartment.label)

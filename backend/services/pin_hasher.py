@@ -1,0 +1,92 @@
+"""Pickup PIN hashes for kiosks, derived in the background soon after each deposit.
+
+Why a background job: the slow hash (scrypt, about 40 ms of CPU) is what a kiosk checks a
+typed PIN against while offline, but nobody waits for it at deposit time, and inside the deposit
+it sat on the path from the door closing to the resident's phone (and, on SQLite, under the
+write lock). The deposit now only draws the PIN's nonce; this job hashes new PINs one at a time
+**outside any transaction** (short read, hash in a thread, short conditional write), so it never
+holds a lock while it computes. A kiosk that syncs before the job got to its PIN gets the hash
+derived on the spot (``parcels.pin_hashes_for_kiosk``), so sync never misses one.
+
+With several server processes exactly one runs the job at a time (the ``pin_hashes`` job lease,
+as for the policy engine); the write only fills rows that still have no hash, so a second
+writer could only repeat work, never undo it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from backend.models import Parcel
+from backend.models.base import utcnow
+from backend.runtime import Runtime
+from backend.services import parcels, policy
+
+log = logging.getLogger("concierge.parcels.pin_hasher")
+
+LEASE_NAME = "pin_hashes"
+POLL_SECONDS = 1.0
+BATCH = 20
+
+
+async def derive_pending(runtime: Runtime, limit: int = BATCH) -> int:
+    """Hash up to ``limit`` PINs that waiting parcels have no hash for yet; how many were done."""
+    async with runtime.db.session() as session:
+        key = parcels.pin_key(session)
+        if key is None:
+            return 0
+        nonces = (
+            await session.exec(
+                select(Parcel.pin_nonce)
+                .where(
+                    col(Parcel.state).in_(parcels.WAITING_STATES),
+                    col(Parcel.pin_nonce).is_not(None),
+                    col(Parcel.pin_hash).is_(None),
+                )
+                .distinct()
+                .limit(limit)
+            )
+        ).all()
+    done = 0
+    for nonce in nonces:
+        if nonce is None:
+            continue
+        digest = await asyncio.to_thread(parcels.hash_pin, parcels.pin_from_nonce(key, nonce))
+        async with runtime.db.session() as session:
+            await session.exec(  # type: ignore[call-overload]
+                update(Parcel)
+                .where(col(Parcel.pin_nonce) == nonce, col(Parcel.pin_hash).is_(None))
+                .values(pin_hash=digest)
+            )
+        done += 1
+    return done
+
+
+async def _run(runtime: Runtime) -> None:
+    holder = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
+    ttl = timedelta(seconds=30)
+    while True:
+        try:
+            if await policy.acquire_lease(runtime, LEASE_NAME, holder, ttl, utcnow()):
+                while await derive_pending(runtime):
+                    pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pin hash derivation failed; retrying")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def start_pin_hasher(_app: Any, runtime: Runtime) -> None:
+    """STARTUP_HOOK: the background PIN hasher (only when ``settings.background_jobs``)."""
+    if runtime.settings.background_jobs:
+        runtime.background.append(asyncio.create_task(_run(runtime), name="pin-hasher"))
