@@ -53,7 +53,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.db import _sqlite_pragmas, sessionmaker
-from backend.models import Event
+from backend.models import Event, KioskCommand
 from backend.models.base import utcnow
 from backend.runtime import Runtime
 from backend.services import events as event_log
@@ -362,7 +362,7 @@ class Hub:
                 log.exception("kiosk command polling failed")
                 await asyncio.sleep(1.0)
 
-    async def _serve_command(self, row: Any) -> None:
+    async def _serve_command(self, row: KioskCommand) -> None:
         link = self.kiosks.get(row.kiosk_id)
         remaining = (row.expires_at - utcnow()).total_seconds()
         result: dict[str, Any]
