@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar.testing import AsyncTestClient
 
 from backend.services import journal
@@ -18,7 +19,7 @@ from tests.credentials_helpers import (
     sync,
     upload,
 )
-from tests.world import World, check, enroll_kiosk
+from tests.world import KioskIdentity, World, check, enroll_kiosk, public_key_b64
 
 
 async def _credential(client: AsyncTestClient, world: World) -> dict[str, Any]:  # type: ignore[type-arg]
@@ -123,6 +124,45 @@ async def test_same_seq_with_other_content_is_a_fork(world: World, client: Async
     # The forked redemption still counts: the original then spends the same credential.
     await upload(client, kiosk, [decision(3, credential["id"], credential["target"])])
     assert len(await audit(client, staff, world.home.property_id, "credential.double_spent")) == 1
+
+
+async def test_a_re_enrolled_kiosk_starts_a_new_journal_not_a_fork(
+    world: World,
+    client: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    """A replaced kiosk computer is re-enrolled and starts its journal at seq 1 again: its
+    entries are stored and take effect; the old computer's journal stays as it was."""
+    credential = await _credential(client, world)
+    kiosk, staff = world.home.kiosk, world.home.people["staff"]
+    await upload(client, kiosk, [entry(1), entry(2), entry(3)])
+    code = check(
+        await client.post(f"/v1/staff/kiosks/{kiosk.id}/enrollment-code", headers=staff.headers),
+        201,
+    )["enrollment_code"]
+    new_key = Ed25519PrivateKey.generate()
+    check(
+        await client.post(
+            "/v1/kiosk/enroll",
+            json={"enrollment_code": code, "public_key": public_key_b64(new_key)},
+        )
+    )
+    replaced = KioskIdentity(kiosk.id, kiosk.property_id, new_key)
+    assert (await sync(client, replaced))["journal_accepted_through"] == 0
+    fresh = [entry(1), decision(2, credential["id"], credential["target"])]
+    body = await upload(client, replaced, fresh)
+    assert (body["stored"], body["forked"], body["accepted_through"]) == (2, [], 2)
+    assert await audit(client, staff, world.home.property_id, "kiosk.journal_forked") == []
+    assert len(await audit(client, staff, world.home.property_id, "credential.redeemed")) == 1
+    # Resending the new journal is idempotent, and a different seq 2 is a fork of *this* journal.
+    again = await upload(client, replaced, fresh)
+    assert (again["stored"], again["duplicates"]) == (0, 2)
+    fork = await upload(client, replaced, [entry(2, "door.opened", door_id=world.home.door_id)])
+    assert fork["forked"] == [2]
+    # The old computer's key no longer works.
+    refused = await client.post(
+        "/v1/kiosk/journal", json={"entries": [entry(4)]}, headers=kiosk.headers()
+    )
+    assert refused.status_code == 401
 
 
 async def test_broken_hash_chain_is_a_fork(world: World, client: AsyncTestClient) -> None:  # type: ignore[type-arg]

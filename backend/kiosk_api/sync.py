@@ -112,7 +112,7 @@ async def sync(kiosk: KioskDep, runtime: RuntimeDep, session: SessionDep) -> Syn
     policy = msgspec.to_builtins(policy_of(prop))
     policy["kb_freshness_seconds"] = runtime.settings.kb_freshness_seconds
     policy["clock_skew_seconds"] = runtime.settings.clock_skew_seconds
-    through = await journal.accepted_through(session, kiosk.id)
+    through = await journal.accepted_through(session, kiosk)
     return SyncView(
         kiosk_id=kiosk.id,
         property_id=kiosk.property_id,

@@ -119,10 +119,13 @@ class JournalEntry(SQLModel, table=True):
     """One entry of a kiosk's append-only journal, as the kiosk sent it."""
 
     __tablename__ = "journal_entry"
-    __table_args__ = (UniqueConstraint("kiosk_id", "seq", name="uq_journal_entry_kiosk_seq"),)
+    __table_args__ = (
+        UniqueConstraint("kiosk_id", "epoch", "seq", name="uq_journal_entry_kiosk_epoch_seq"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     kiosk_id: str = fk("kiosk.id", index=False, ondelete="CASCADE")
+    epoch: int = 0  # the kiosk's enrollment (``Kiosk.journal_epoch``): seqs restart at 1 in each
     seq: int
     type: str = Field(max_length=64, index=True)
     occurred_at: datetime = time_field()
@@ -140,11 +143,14 @@ class JournalFork(SQLModel, table=True):
 
     __tablename__ = "journal_fork"
     __table_args__ = (
-        UniqueConstraint("kiosk_id", "seq", "content_hash", name="uq_journal_fork_content"),
+        UniqueConstraint(
+            "kiosk_id", "epoch", "seq", "content_hash", name="uq_journal_fork_epoch_content"
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     kiosk_id: str = fk("kiosk.id", index=False, ondelete="CASCADE")
+    epoch: int = 0
     seq: int
     type: str = Field(max_length=64)
     occurred_at: datetime = time_field()
@@ -156,12 +162,14 @@ class JournalFork(SQLModel, table=True):
 
 
 class JournalCursor(SQLModel, table=True):
-    """Per kiosk: every seq up to ``accepted_through`` is stored (so gaps are searched above it)."""
+    """Per kiosk: every seq of ``epoch`` up to ``accepted_through`` is stored (so gaps are
+    searched above it); a cursor of an older epoch counts as 0."""
 
     __tablename__ = "journal_cursor"
 
     kiosk_id: str = Field(
         foreign_key="kiosk.id", primary_key=True, max_length=32, ondelete="CASCADE"
     )
+    epoch: int = 0
     accepted_through: int = 0
     updated_at: datetime = time_field()

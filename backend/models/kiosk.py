@@ -21,6 +21,8 @@ class Kiosk(SQLModel, table=True):
     enrollment_expires_at: datetime | None = time_field(nullable=True)
     enrolled_at: datetime | None = time_field(nullable=True)
     last_seen_at: datetime | None = time_field(nullable=True)
+    # Bumped by each re-enrollment: a replaced kiosk computer starts its journal at seq 1 again.
+    journal_epoch: int = 0
     created_at: datetime = time_field()
 
 

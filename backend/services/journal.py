@@ -1,8 +1,10 @@
 """Kiosk journal ingest: idempotent by ``(kiosk, seq)``, forks and double spends detected.
 
 Invariants:
-- ``(kiosk_id, seq)`` is unique (database constraint): a batch resent any number of times,
-  even concurrently, is stored once; only a newly stored entry has effects (events, hooks).
+- ``(kiosk_id, epoch, seq)`` is unique (database constraint): a batch resent any number of
+  times, even concurrently, is stored once; only a newly stored entry has effects (events,
+  hooks). The epoch is the kiosk's enrollment (``Kiosk.journal_epoch``): a replaced kiosk
+  computer, re-enrolled, starts a new journal at seq 1, which is not a fork of the old one.
 - The same ``seq`` with different content is a fork (a cloned or rolled-back kiosk): the
   variant is kept in ``journal_fork`` and ``kiosk.journal_forked`` (critical) is recorded once
   per distinct variant. So is an entry whose ``prev_hash`` does not link to the stored entry
@@ -116,23 +118,27 @@ def _load_features() -> None:
 
 
 async def _existing(
-    session: AsyncSession, kiosk_id: str, seqs: Sequence[int]
+    session: AsyncSession, kiosk: Kiosk, seqs: Sequence[int]
 ) -> dict[int, JournalEntry]:
     if not seqs:
         return {}
     rows = await session.exec(
         select(JournalEntry).where(
-            JournalEntry.kiosk_id == kiosk_id, col(JournalEntry.seq).in_(list(seqs))
+            JournalEntry.kiosk_id == kiosk.id,
+            JournalEntry.epoch == kiosk.journal_epoch,
+            col(JournalEntry.seq).in_(list(seqs)),
         )
     )
     return {row.seq: row for row in rows.all()}
 
 
-async def _hash_of(session: AsyncSession, kiosk_id: str, seq: int) -> str | None:
+async def _hash_of(session: AsyncSession, kiosk: Kiosk, seq: int) -> str | None:
     return (
         await session.exec(
             select(JournalEntry.hash).where(
-                JournalEntry.kiosk_id == kiosk_id, JournalEntry.seq == seq
+                JournalEntry.kiosk_id == kiosk.id,
+                JournalEntry.epoch == kiosk.journal_epoch,
+                JournalEntry.seq == seq,
             )
         )
     ).first()
@@ -144,6 +150,7 @@ async def _store(
     """Insert one entry in a savepoint; None when that seq is already stored (raced)."""
     row = JournalEntry(
         kiosk_id=kiosk.id,
+        epoch=kiosk.journal_epoch,
         seq=item.seq,
         type=item.type,
         occurred_at=item.occurred_at,
@@ -167,6 +174,7 @@ async def _store_fork(
     """Keep a forked variant; True when this variant is new."""
     fork = JournalFork(
         kiosk_id=kiosk.id,
+        epoch=kiosk.journal_epoch,
         seq=item.seq,
         type=item.type,
         occurred_at=item.occurred_at,
@@ -324,33 +332,51 @@ async def _run_safely(session: AsyncSession, entry: JournalEntry, call: Awaitabl
     session.add(entry)
 
 
-async def accepted_through(session: AsyncSession, kiosk_id: str) -> int:
-    """The highest seq with every seq before it stored (what sync reports)."""
-    cursor = await session.get(JournalCursor, kiosk_id)
-    return cursor.accepted_through if cursor is not None else 0
+async def accepted_through(session: AsyncSession, kiosk: Kiosk) -> int:
+    """The highest seq of the kiosk's current journal epoch with every seq before it stored
+    (what sync reports)."""
+    cursor = await session.get(JournalCursor, kiosk.id)
+    if cursor is None or cursor.epoch != kiosk.journal_epoch:
+        return 0
+    return cursor.accepted_through
 
 
 async def _advance(
-    session: AsyncSession, kiosk_id: str, now: datetime
+    session: AsyncSession, kiosk: Kiosk, now: datetime
 ) -> tuple[int, list[list[int]]]:
     """Move the kiosk's cursor over newly contiguous seqs; the gaps above it (bounded).
 
     Only seqs above the cursor are read, so the cost does not grow with the journal's length.
+    A cursor left from an earlier enrollment starts over at 0.
     """
-    statement = select(JournalCursor).where(JournalCursor.kiosk_id == kiosk_id).with_for_update()
+    statement = select(JournalCursor).where(JournalCursor.kiosk_id == kiosk.id).with_for_update()
     cursor = (await session.exec(statement.execution_options(populate_existing=True))).first()
     if cursor is None:
         try:
             async with session.begin_nested():
-                session.add(JournalCursor(kiosk_id=kiosk_id, accepted_through=0, updated_at=now))
+                session.add(
+                    JournalCursor(
+                        kiosk_id=kiosk.id,
+                        epoch=kiosk.journal_epoch,
+                        accepted_through=0,
+                        updated_at=now,
+                    )
+                )
         except IntegrityError:
             pass
         cursor = (await session.exec(statement.execution_options(populate_existing=True))).one()
+    if cursor.epoch != kiosk.journal_epoch:
+        cursor.epoch, cursor.accepted_through, cursor.updated_at = kiosk.journal_epoch, 0, now
+        session.add(cursor)
     through = cursor.accepted_through
     seqs = (
         await session.exec(
             select(JournalEntry.seq)
-            .where(JournalEntry.kiosk_id == kiosk_id, col(JournalEntry.seq) > through)
+            .where(
+                JournalEntry.kiosk_id == kiosk.id,
+                JournalEntry.epoch == kiosk.journal_epoch,
+                col(JournalEntry.seq) > through,
+            )
             .order_by(col(JournalEntry.seq))
             .limit(SCAN_LIMIT)
         )
@@ -378,7 +404,7 @@ async def ingest(
     """Store a batch from ``kiosk``; effects only for entries stored for the first time."""
     _load_features()
     ordered = sorted({item.seq: item for item in items}.values(), key=lambda i: i.seq)
-    existing = await _existing(session, kiosk.id, [i.seq for i in ordered])
+    existing = await _existing(session, kiosk, [i.seq for i in ordered])
     events: list[_PendingEvent] = []
     result = IngestResult(0, [])
     batch_hashes: dict[int, str] = {}
@@ -388,7 +414,7 @@ async def ingest(
         if stored is None:
             entry = await _store(session, kiosk, item, now)
             if entry is None:  # another request stored it a moment ago
-                stored = (await _existing(session, kiosk.id, [item.seq]))[item.seq]
+                stored = (await _existing(session, kiosk, [item.seq]))[item.seq]
         if stored is not None:
             batch_hashes[item.seq] = stored.hash
             if stored.content_hash == item.content_hash():
@@ -404,7 +430,7 @@ async def ingest(
         batch_hashes[item.seq] = item.hash
         if item.seq > 1:
             previous = batch_hashes.get(item.seq - 1) or await _hash_of(
-                session, kiosk.id, item.seq - 1
+                session, kiosk, item.seq - 1
             )
             if previous is not None and item.prev_hash and previous != item.prev_hash:
                 result.forks.append(item.seq)
@@ -418,7 +444,7 @@ async def ingest(
     await session.flush()
     for pending in events:
         await record_event(session, **pending.kwargs)
-    result.accepted_through, result.gaps = await _advance(session, kiosk.id, now)
+    result.accepted_through, result.gaps = await _advance(session, kiosk, now)
     if result.forks:
         log.warning("kiosk journal forked", extra={"kiosk_id": kiosk.id, "seqs": result.forks[:20]})
     return result

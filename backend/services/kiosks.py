@@ -115,6 +115,9 @@ async def enroll(session: AsyncSession, code: str, public_key: str, now: datetim
     ).first()
     if kiosk is None or kiosk.enrollment_expires_at is None or kiosk.enrollment_expires_at <= now:
         raise errors.InvalidEnrollmentCode()
+    if kiosk.public_key is not None:
+        # A re-enrollment: the new computer's journal starts at seq 1 (see services/journal.py).
+        kiosk.journal_epoch += 1
     kiosk.public_key = public_key
     kiosk.enrollment_code_hash = None
     kiosk.enrollment_expires_at = None
@@ -128,7 +131,7 @@ async def enroll(session: AsyncSession, code: str, public_key: str, now: datetim
         type="kiosk.enrolled",
         actor=f"kiosk:{kiosk.id}",
         subject=f"kiosk:{kiosk.id}",
-        payload={"kiosk_id": kiosk.id},
+        payload={"kiosk_id": kiosk.id, "journal_epoch": kiosk.journal_epoch},
         notify=False,
     )
     return kiosk
