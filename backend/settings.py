@@ -132,6 +132,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outbox_poll_seconds: Annotated[
         float, _doc("How often the outbox dispatcher looks for work")
     ] = 0.5
+    outbox_retention_days: Annotated[
+        int,
+        _doc("Days finished notifications and their deliveries are kept (0: kept for ever)"),
+    ] = 30
     outbox_max_age_seconds: Annotated[
         int, _doc("Age after which a retrying notification is marked failed")
     ] = 86400

@@ -15,6 +15,9 @@ Invariants:
 - Retryable failures back off exponentially with jitter (honouring ``Retry-After``) until
   ``outbox_max_age_seconds`` after the delivery was due, then the delivery is ``failed`` (staff
   see it). Permanent failures disable that device's push token at once; never retried.
+- Finished notifications (outbox rows sent, failed or skipped, with their deliveries) are kept
+  ``outbox_retention_days`` for staff to look back on, then pruned by the running dispatcher
+  (``prune``, about hourly, in batches), so the tables do not grow without bound.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -44,6 +47,10 @@ log = logging.getLogger("concierge.push")
 
 MAX_BACKOFF_SECONDS = 3600.0
 TERMINAL = ("sent", "failed", "invalid_token", "cancelled")
+FINISHED_OUTBOX = ("sent", "failed", "skipped")
+PRUNE_EVERY_SECONDS = 3600.0
+PRUNE_BATCH = 1000
+PRUNE_MAX_BATCHES = 20
 
 
 @dataclass
@@ -429,6 +436,45 @@ class Dispatcher:
         await self.record(claims, outcomes, max(now, utcnow()), report)
         return report
 
+    async def prune(self, now: datetime | None = None) -> int:
+        """Delete up to ``PRUNE_BATCH`` finished notifications older than the retention, with
+        their deliveries; how many were deleted (0: nothing left, or retention 0 = keep all)."""
+        days = self.runtime.settings.outbox_retention_days
+        if days <= 0:
+            return 0
+        cutoff = (now or utcnow()) - timedelta(days=days)
+        async with self.runtime.db.session() as session:
+            ids = list(
+                (
+                    await session.exec(
+                        select(Outbox.id)
+                        .where(
+                            col(Outbox.state).in_(FINISHED_OUTBOX),
+                            col(Outbox.done_at) < cutoff,
+                        )
+                        .order_by(col(Outbox.id))
+                        .limit(PRUNE_BATCH)
+                    )
+                ).all()
+            )
+            if not ids:
+                return 0
+            await session.exec(  # type: ignore[call-overload]
+                delete(PushDelivery).where(col(PushDelivery.outbox_id).in_(ids))
+            )
+            await session.exec(delete(Outbox).where(col(Outbox.id).in_(ids)))  # type: ignore[call-overload]
+        return len(ids)
+
+    async def _prune_all(self) -> None:
+        try:
+            for _ in range(PRUNE_MAX_BATCHES):  # a long backlog goes over several runs
+                if await self.prune() < PRUNE_BATCH:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("push.prune_failed")
+
     async def drain(self, now: datetime | None = None, max_rounds: int = 1000) -> RoundReport:
         """Run rounds until nothing is due (tests, ``concierge worker --once``)."""
         total = RoundReport()
@@ -451,7 +497,12 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; a failing round is logged and retried after a pause."""
         poll = self.runtime.settings.outbox_poll_seconds
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()
         while not stop.is_set():
+            if loop.time() >= next_prune:
+                next_prune = loop.time() + PRUNE_EVERY_SECONDS
+                await self._prune_all()
             try:
                 report = await self.run_once()
             except asyncio.CancelledError:

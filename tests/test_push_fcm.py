@@ -460,3 +460,29 @@ async def test_scheduled_visit_is_pushed_to_the_unit_and_the_vendor(
     assert set(sent) == {"token-resident", "token-vendor"}
     assert sent["token-resident"]["notification"]["title"] == "Visit scheduled"
     assert sent["token-resident"]["data"]["work_order_id"] == response.json()["id"]
+
+
+async def test_finished_notifications_are_pruned_after_the_retention(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+) -> None:
+    """Sent notifications stay visible to staff for the retention, then go with their
+    deliveries; a notification still in flight is never pruned."""
+    home, staff = world.home, world.home.people["staff"]
+    await add_device(client, home.people["resident"], "token-resident-4b")
+    sent = await record(
+        runtime, property_id=home.property_id, type="parcel.deposited", unit_id=home.units["4B"]
+    )
+    await dispatcher.drain()
+    assert (await notification_for(client, staff, home.property_id, sent))["state"] == "sent"
+    pending = await record(
+        runtime, property_id=home.property_id, type="parcel.deposited", unit_id=home.units["4B"]
+    )
+    days = runtime.settings.outbox_retention_days
+    assert await dispatcher.prune(utcnow() + timedelta(days=days - 1)) == 0
+    assert await dispatcher.prune(utcnow() + timedelta(days=days + 1)) == 1
+    assert await dispatcher.prune(utcnow() + timedelta(days=days + 1)) == 0
+    remaining = [n["event_id"] for n in await notifications(client, staff, home.property_id)]
+    assert remaining == [str(pending)]
