@@ -68,7 +68,8 @@ class DirectWriter:
         connection = getattr(protocol, "conn", None)
         if connection is None or getattr(connection, "extensions", None):
             return None
-        if not all(hasattr(protocol, name) for name in ("transport", "writable", "close_sent")):
+        needed = ("transport", "writable", "close_sent", "disconnected")
+        if not all(hasattr(protocol, name) for name in needed):
             return None
         return cls(protocol)
 
