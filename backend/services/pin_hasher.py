@@ -16,22 +16,14 @@ writer could only repeat work, never undo it.
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import secrets
-import socket
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import col, select
 
 from backend.models import Parcel
-from backend.models.base import utcnow
 from backend.runtime import Runtime
 from backend.services import parcels, policy
-
-log = logging.getLogger("concierge.parcels.pin_hasher")
 
 LEASE_NAME = "pin_hashes"
 POLL_SECONDS = 1.0
@@ -71,19 +63,13 @@ async def derive_pending(runtime: Runtime, limit: int = BATCH) -> int:
     return done
 
 
+async def _derive_all(runtime: Runtime) -> None:
+    while await derive_pending(runtime):
+        pass
+
+
 async def _run(runtime: Runtime) -> None:
-    holder = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
-    ttl = timedelta(seconds=30)
-    while True:
-        try:
-            if await policy.acquire_lease(runtime, LEASE_NAME, holder, ttl, utcnow()):
-                while await derive_pending(runtime):
-                    pass
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("pin hash derivation failed; retrying")
-        await asyncio.sleep(POLL_SECONDS)
+    await policy.run_under_lease(runtime, LEASE_NAME, POLL_SECONDS, lambda: _derive_all(runtime))
 
 
 async def start_pin_hasher(_app: Any, runtime: Runtime) -> None:

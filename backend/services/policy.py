@@ -101,20 +101,32 @@ async def acquire_lease(
         return False
 
 
-async def _scheduler(runtime: Runtime) -> None:
-    interval = max(runtime.settings.policy_interval_seconds, 1.0)
+async def run_under_lease(
+    runtime: Runtime, name: str, interval: float, work: Callable[[], Awaitable[None]]
+) -> None:
+    """Every ``interval`` seconds, run ``work`` if this process holds the named lease (so one
+    process at a time does it); a failing round is logged and the next one tries again."""
     holder = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
     ttl = timedelta(seconds=interval * 3 + 30)
     while True:
         try:
-            if await acquire_lease(runtime, LEASE_NAME, holder, ttl, utcnow()):
-                for action in await run_once(runtime):
-                    log.info("policy action %s", action.get("action"), extra={"action": action})
+            if await acquire_lease(runtime, name, holder, ttl, utcnow()):
+                await work()
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("policy run failed")
+            log.exception("background job %s failed", name)
         await asyncio.sleep(interval)
+
+
+async def _policy_round(runtime: Runtime) -> None:
+    for action in await run_once(runtime):
+        log.info("policy action %s", action.get("action"), extra={"action": action})
+
+
+async def _scheduler(runtime: Runtime) -> None:
+    interval = max(runtime.settings.policy_interval_seconds, 1.0)
+    await run_under_lease(runtime, LEASE_NAME, interval, lambda: _policy_round(runtime))
 
 
 async def start_policy_scheduler(_app: Any, runtime: Runtime) -> None:
