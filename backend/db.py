@@ -25,6 +25,7 @@ from backend.settings import Settings
 
 WRITE_LOCK_TIMEOUT_SECONDS = 30.0  # as long as SQLite's own wait (``timeout`` below)
 _HELD = "concierge.write_lock"
+_KEPT = "concierge.kept_rows"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -130,6 +131,17 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def keep_loaded(session: AsyncSession, *objects: object) -> None:
+    """Keep loaded rows alive for the rest of the session.
+
+    SQLAlchemy's identity map holds objects weakly: a row a service loaded and dropped is read
+    again when the response view asks for it. A request's hot path keeps such rows here instead
+    of paying a second query (the session, and this list, end with the request).
+    """
+    kept: list[object] = session.info.setdefault(_KEPT, [])
+    kept.extend(o for o in objects if o is not None)
 
 
 async def insert_if_absent(session: AsyncSession, model: Any, values: dict[str, Any]) -> bool:

@@ -43,6 +43,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from backend import errors
 from backend.auth import Actor
 from backend.crypto import b64url, b64url_decode, derive_key
+from backend.db import keep_loaded
 from backend.models import (
     Compartment,
     DeliveryHold,
@@ -179,6 +180,7 @@ async def _labels(session: AsyncSession, parcel: Parcel) -> tuple[str | None, st
     compartment = (
         await session.get(Compartment, parcel.compartment_id) if parcel.compartment_id else None
     )
+    keep_loaded(session, unit, compartment)  # the response view reads them again
     return (unit.label if unit else None, compartment.label if compartment else None)
 
 
@@ -593,13 +595,14 @@ async def confirm_deposit(
     when = now if closed_at is None else min(closed_at, now)
     if parcel.assigned_at is not None and when < parcel.assigned_at:
         when = parcel.assigned_at
+    # The PIN first: its sibling query would otherwise flush the changes below one by one.
+    await _assign_pin(session, parcel)
     compartment = await session.get(Compartment, parcel.compartment_id)
     if compartment is not None:
         compartment.state = "occupied"
         session.add(compartment)
     parcel.state = "deposited"
     parcel.deposited_at = when
-    await _assign_pin(session, parcel)
     session.add(parcel)
     await session.flush()
     await _parcel_event(
