@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.util import await_
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from backend import sqlite_inline
 from backend.settings import Settings
 
-WRITE_LOCK_TIMEOUT_SECONDS = 30.0  # as long as SQLite's own wait (``timeout`` below)
+WRITE_LOCK_TIMEOUT_SECONDS = 30.0  # then the request answers 503 (database busy)
 _HELD = "concierge.write_lock"
 _KEPT = "concierge.kept_rows"
 
@@ -32,57 +35,69 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA busy_timeout=0")  # waits happen on the loop: sqlite_inline
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 
 def create_engine(database_url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+    """An async engine; SQLite runs inline (``sqlite_inline``) with WAL and foreign keys."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        path = url.database or ":memory:"
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, async_creator=sqlite_inline.connector(path))
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        # aiosqlite's default deferred transactions upgrade read locks to write locks late and
+        # SQLite's default deferred transactions upgrade read locks to write locks late and
         # deadlock under concurrency; BEGIN IMMEDIATE serialises writers up front instead.
-        _serialise_transactions(engine)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _no_pysqlite_begin(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None
-
+        _serialise_transactions(engine, path)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def _serialise_transactions(engine: AsyncEngine) -> None:
+# One queue per database file and event loop, shared by every engine of the process.
+_write_locks: dict[str, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
+
+
+def _write_lock(path: str) -> asyncio.Lock:
+    per_loop = _write_locks.setdefault(path, weakref.WeakKeyDictionary())
+    return per_loop.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
+def _serialise_transactions(engine: AsyncEngine, path: str) -> None:
     """Queue this process's SQLite transactions on an asyncio lock, then ``BEGIN IMMEDIATE``.
 
-    Why: SQLite lets one writer in at a time, and a connection that finds the write lock taken
-    waits in SQLite's busy handler, which sleeps in growing steps (up to 100 ms) before it looks
-    again, so under load the lock sits idle while waiters sleep. Queued on the event loop
-    instead, the next transaction starts the moment the previous one ends. The lock is taken when
-    a transaction begins and released at its COMMIT or ROLLBACK (the event fires just before the
-    statement completes; a successor that arrives first meets the busy handler's first, 1 ms,
-    step) or, failing those, when its connection goes back to the pool or is invalidated. Other
-    processes on the same file still meet the busy handler.
+    Why: SQLite lets one writer in at a time. Queued on the event loop, the next transaction
+    starts the moment the previous one ends, and no statement ever waits inside SQLite (which
+    would block the loop: statements run on it, see ``sqlite_inline``). The lock is taken when a
+    transaction begins and released at its COMMIT or ROLLBACK or, failing those, when its
+    connection goes back to the pool or is invalidated. Another process holding the file's
+    write lock is waited for by ``InlineConnection.begin_immediate``, with asyncio sleeps.
     """
-    locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-        weakref.WeakKeyDictionary()
-    )
+
+    def pause(seconds: float) -> None:
+        await_(asyncio.sleep(seconds))
 
     def begin(conn: Any) -> None:
-        loop = asyncio.get_running_loop()
-        lock = locks.setdefault(loop, asyncio.Lock())
+        lock = _write_lock(path)
         record = conn.connection.info
+        started = time.monotonic()
         try:
             await_(asyncio.wait_for(lock.acquire(), WRITE_LOCK_TIMEOUT_SECONDS))
         except TimeoutError:
-            raise sqlite3.OperationalError("database is locked (this process)") from None
+            busy = sqlite3.OperationalError("database is locked (this process)")
+            raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, busy) from None
         record[_HELD] = lock
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        left = WRITE_LOCK_TIMEOUT_SECONDS - (time.monotonic() - started)
+        try:
+            conn.connection.driver_connection.begin_immediate(left, pause)
+        except sqlite3.OperationalError as exc:  # as SQLAlchemy wraps driver errors: a 503
+            release(record)
+            raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+        except BaseException:
+            release(record)
+            raise
 
     def release(info: dict[str, Any]) -> None:
         lock = info.pop(_HELD, None)
