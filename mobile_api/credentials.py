@@ -9,7 +9,6 @@ import msgspec
 from litestar import post
 from litestar.di import Provide
 from litestar.params import JSONBody
-from sqlmodel import col, select
 
 from backend import errors
 from backend.dependencies import ActorDep, RuntimeDep, SessionDep, provide_app_user
@@ -117,13 +116,10 @@ async def issue_credentials(
         now=now,
     )
     kiosk_ids = sorted({r.kiosk_id for r in rows if r.kiosk_id})
-    keys = dict(
-        (
-            await session.exec(
-                select(Kiosk.id, Kiosk.public_key).where(col(Kiosk.id).in_(kiosk_ids))
-            )
-        ).all()
-    )
+    keys = {}
+    for kiosk_id in kiosk_ids:  # loaded by the service: no query
+        kiosk = await session.get(Kiosk, kiosk_id)
+        keys[kiosk_id] = kiosk.public_key if kiosk is not None else None
     items = [
         CredentialView(
             id=r.id,

@@ -21,6 +21,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import errors
+from backend.db import keep_loaded
 from backend.models import Credential, Device, Kiosk, Revocation
 from backend.models.base import new_id
 from backend.runtime import Runtime
@@ -124,6 +125,7 @@ async def issue_for_grants(
             raise errors.NotFound("Kiosk not found")
         kiosks[kiosk.id] = kiosk
     await _check_not_revoked(session, user_id, {k.property_id for k in kiosks.values()}, now)
+    keep_loaded(session, *kiosks.values())  # the response names each kiosk's public key
     ttl = settings.offline_credential_ttl_seconds if offline else settings.credential_ttl_seconds
     now = now.astimezone(UTC).replace(microsecond=0)
     key = await signing_key(session, runtime, "credential", now)

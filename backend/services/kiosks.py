@@ -8,6 +8,7 @@ nothing on the server lets anyone impersonate a kiosk.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -103,6 +104,12 @@ def parse_public_key(public_key: str) -> Ed25519PublicKey:
         ) from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _kiosk_key(public_key: str) -> Ed25519PublicKey:
+    """Parsed once per key: every kiosk request is checked against its kiosk's key."""
+    return parse_public_key(public_key)
+
+
 async def enroll(session: AsyncSession, code: str, public_key: str, now: datetime) -> Kiosk:
     """Bind the kiosk's own public key, once, with an unexpired code."""
     parse_public_key(public_key)
@@ -143,11 +150,11 @@ async def authenticate_kiosk(
     """The kiosk that signed this assertion; every defect is ``invalid_kiosk_assertion``."""
     if len(assertion) > MAX_ASSERTION_BYTES:
         raise errors.InvalidKioskAssertion()
-    try:
-        header = jwt.get_unverified_header(assertion)
-        unverified = jwt.decode(assertion, options={"verify_signature": False})
+    try:  # read the issuer first: it names the key the signature is checked with below
+        unverified_token = jwt.decode_complete(assertion, options={"verify_signature": False})
     except jwt.PyJWTError:
         raise errors.InvalidKioskAssertion() from None
+    header, unverified = unverified_token["header"], unverified_token["payload"]
     if set(header) - {"alg", "typ", "kid"} or header.get("alg") != "EdDSA":
         raise errors.InvalidKioskAssertion()
     if header.get("typ") != KIOSK_ASSERTION_TYP:
@@ -162,7 +169,7 @@ async def authenticate_kiosk(
     try:
         claims = jwt.decode(
             assertion,
-            parse_public_key(kiosk.public_key),
+            _kiosk_key(kiosk.public_key),
             algorithms=["EdDSA"],
             audience=KIOSK_AUDIENCE,
             issuer=kiosk.id,
