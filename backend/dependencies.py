@@ -33,14 +33,16 @@ def provide_runtime(state: State) -> Runtime:
 OPEN_SESSIONS = "concierge.sessions"
 
 
-async def provide_session(state: State, scope: Scope) -> AsyncGenerator[AsyncSession, None]:
+async def provide_session(runtime: RuntimeDep, scope: Scope) -> AsyncGenerator[AsyncSession, None]:
     """The request's unit of work: committed before the response is sent, else rolled back.
 
     The session is also noted in the ASGI scope: Litestar skips a generator dependency's
     cleanup when a *later* dependency (authentication) raises, so ``close_sessions_middleware``
-    closes whatever is still open once the request is done.
+    closes whatever is still open once the request is done. It takes ``runtime`` (rather
+    than reading ``state``) so that Litestar resolves the dependencies one after the other:
+    dependencies that do not depend on each other are resolved in an anyio task group, whose
+    set-up costs more than these dependencies themselves.
     """
-    runtime: Runtime = state.runtime
     async with runtime.db.sessions() as session:
         scope.setdefault(OPEN_SESSIONS, []).append(session)  # type: ignore[misc,typeddict-unknown-key]
         try:

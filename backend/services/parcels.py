@@ -597,7 +597,8 @@ async def confirm_deposit(
         when = parcel.assigned_at
     # The PIN first: its sibling query would otherwise flush the changes below one by one.
     await _assign_pin(session, parcel)
-    compartment = await session.get(Compartment, parcel.compartment_id)
+    with session.no_autoflush:  # the parcel is written once, below
+        compartment = await session.get(Compartment, parcel.compartment_id)
     if compartment is not None:
         compartment.state = "occupied"
         session.add(compartment)
