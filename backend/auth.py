@@ -83,11 +83,8 @@ def decode_access_token(runtime: Runtime, token: str) -> dict[str, Any]:
     """Claims of a valid access token; ``TokenExpired`` and ``InvalidToken`` are distinct."""
     if len(token) > 2048:
         raise errors.InvalidToken()
-    try:
-        header = jwt.get_unverified_header(token)
-        if header.get("typ") != ACCESS_TYP or header.get("alg") != "HS256":
-            raise errors.InvalidToken()
-        claims: dict[str, Any] = jwt.decode(
+    try:  # one pass: signature, then claims; the header's type is checked after
+        decoded = jwt.decode_complete(
             token,
             runtime.access_token_key,
             algorithms=["HS256"],
@@ -100,7 +97,14 @@ def decode_access_token(runtime: Runtime, token: str) -> dict[str, Any]:
         raise errors.TokenExpired() from None
     except jwt.PyJWTError:
         raise errors.InvalidToken() from None
-    if not isinstance(claims.get("exp"), int) or not isinstance(claims.get("sub"), str):
+    header, claims = decoded["header"], decoded["payload"]
+    if header.get("typ") != ACCESS_TYP or header.get("alg") != "HS256":
+        raise errors.InvalidToken()
+    if (
+        not isinstance(claims, dict)
+        or not isinstance(claims.get("exp"), int)
+        or not isinstance(claims.get("sub"), str)
+    ):
         raise errors.InvalidToken()
     return claims
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from litestar import Request
-from litestar.datastructures import State
+from litestar import Litestar, Request
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -25,8 +24,10 @@ ActorDep = NamedDependency[Actor]
 KioskDep = NamedDependency[Kiosk]
 
 
-def provide_runtime(state: State) -> Runtime:
-    runtime: Runtime = state.runtime
+def provide_runtime(scope: Scope) -> Runtime:
+    """The app's runtime, read from the app itself (a ``state`` parameter would make Litestar
+    copy the application state for every request)."""
+    runtime: Runtime = Litestar.from_scope(scope).state.runtime
     return runtime
 
 
