@@ -195,9 +195,8 @@ async def record_event(
         session.info[_PENDING] = (int(prev_id), [_snapshot(event)])
     else:
         pending[1].append(_snapshot(event))
-    if notify:
+    if notify:  # written with the transaction's next flush (at the latest, its commit)
         session.add(Outbox(topic="push", event_id=event.id, next_attempt_at=now))
-        await session.flush()
     return event
 
 
