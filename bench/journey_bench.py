@@ -16,7 +16,8 @@ and then, driven by real clients (HTTP, websockets, the kiosk package):
 4. **nothing lost**: every deposit is exactly one parcel; every resident received exactly one
    ``parcel.deposited`` per parcel of theirs; every outbox row ends sent, failed or skipped.
 
-Prints one JSON document per backend. ``BENCH_QUICK=1`` runs a small version (smoke test).
+Prints one JSON document per backend. ``BENCH_QUICK=1`` runs a small version (smoke test);
+``BENCH_BACKENDS=sqlite`` (or ``postgres+redis``) runs one backend only.
 """
 
 from __future__ import annotations
@@ -538,10 +539,12 @@ async def run_backend(backend: str, root: Path) -> dict[str, Any]:
 
 
 async def main() -> int:
-    backends = ["sqlite"]
-    if reachable(PG_HOST, PG_PORT) and reachable(REDIS_HOST, REDIS_PORT):
+    chosen = os.environ.get("BENCH_BACKENDS", "sqlite,postgres+redis").split(",")
+    backends = ["sqlite"] if "sqlite" in chosen else []
+    scale_out = "postgres+redis" in chosen
+    if scale_out and reachable(PG_HOST, PG_PORT) and reachable(REDIS_HOST, REDIS_PORT):
         backends.append("postgres+redis")
-    else:
+    elif scale_out:
         emit(
             {
                 "benchmark": "journey",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from bench.common import Samples, alternate, burst, percentile
 from tests.processes import ROOT
@@ -78,3 +80,32 @@ def test_runner_reports_missing_benchmarks_and_runs_by_name() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"benchmark": "no_such_bench", "skipped": "not present"}
+
+
+def test_journey_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
+    """``make bench``'s journey, short and on SQLite: it completes and its checks hold.
+
+    Only correctness is asserted (every deposit one parcel, every resident exactly their
+    events, no outbox row left pending); the figures it prints are not.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "journey_bench", "--quick"],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_BACKENDS": "sqlite", "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads(result.stdout)
+    assert document["backend"] == "sqlite"
+    checks = document["nothing_lost"]
+    assert checks["deposits"] > 0
+    assert checks["every_deposit_one_parcel"] is True
+    assert checks["residents_with_exactly_their_events"] == checks["residents"]
+    assert checks["outbox_all_delivered_or_visibly_failed"] is True
+    assert document["deliveries"]["failures"] == {}
+    assert document["pickups"]["denied"] == 0
+    for target in document["targets"].values():
+        assert isinstance(target["met"], bool)
