@@ -14,7 +14,7 @@ from typing import Any
 
 import jwt
 from litestar.connection import ASGIConnection
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import errors
@@ -119,11 +119,22 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 async def load_actor(session: AsyncSession, user_id: str) -> Actor:
     """The actor for a user id; an unknown or deactivated user is not authenticated."""
-    user = await session.get(User, user_id)
+    # One round trip for the user and their memberships: every authenticated request runs this.
+    rows = (
+        await session.exec(
+            select(User, Membership)
+            .outerjoin(Membership, col(Membership.user_id) == col(User.id))
+            .where(User.id == user_id)
+        )
+    ).all()
+    user = rows[0][0] if rows else None
     if user is None or not user.is_active:
         raise errors.InvalidToken()
-    rows = (await session.exec(select(Membership).where(Membership.user_id == user_id))).all()
-    roles = tuple(Role(m.property_id, m.role, m.unit_id, m.company, m.can_emergency) for m in rows)
+    roles = tuple(
+        Role(m.property_id, m.role, m.unit_id, m.company, m.can_emergency)
+        for _, m in rows
+        if m is not None
+    )
     return Actor(user.id, user.email, user.name, user.is_admin, roles)
 
 
