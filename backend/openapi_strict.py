@@ -3,7 +3,8 @@
 msgspec's ``forbid_unknown_fields=True`` rejects extra keys, but Litestar's schema for a Struct
 does not say so, so generated clients and schema fuzzers believe extra keys are accepted.
 This plugin documents such Structs with ``additionalProperties: false``; ``finish_openapi``
-drops inherited router ``security`` from public operations. Both rely on Litestar internals
+drops inherited router ``security`` from public operations and gives documented response
+headers their schema. Both rely on Litestar internals
 (private modules, pinned by the litestar version; the fuzz and schema tests fail if they move).
 """
 
@@ -69,11 +70,30 @@ def _drop_security_of_public_operations(document: OpenAPI) -> OpenAPI:
     return document
 
 
+def _give_response_headers_a_schema(document: OpenAPI) -> OpenAPI:
+    """A documented response header (``ResponseHeader(documentation_only=True)``) comes out of
+    Litestar without a ``schema``, which OpenAPI requires of a header: our headers are strings."""
+    from litestar.openapi.spec import OpenAPIType
+    from litestar.openapi.spec import Schema as SchemaObject
+
+    for path_item in (document.paths or {}).values():
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation = getattr(path_item, method, None)
+            for response in ((operation.responses or {}) if operation else {}).values():
+                for header in (getattr(response, "headers", None) or {}).values():
+                    if getattr(header, "schema", None) is None and not getattr(
+                        header, "content", None
+                    ):
+                        header.schema = SchemaObject(type=OpenAPIType.STRING)
+    return document
+
+
 class _FinishedOpenAPIPlugin(OpenAPIPlugin):
     __slots__ = ()
 
     def _build_openapi(self) -> OpenAPI:
-        return _drop_security_of_public_operations(super()._build_openapi())
+        document = _drop_security_of_public_operations(super()._build_openapi())
+        return _give_response_headers_a_schema(document)
 
 
 def finish_openapi(app: Litestar) -> None:

@@ -159,3 +159,17 @@ def test_security_is_declared_exactly_where_authentication_is_needed(
                 f"{label}: declares security but answered {response.status_code} without credentials"
             )
     assert not problems, "\n".join(problems)
+
+
+def test_documented_response_headers_have_a_schema(
+    api: tuple[TestClient[Any], dict[str, Any]],
+) -> None:
+    """OpenAPI requires a schema on every header object; intake documents X-Parcel-Created."""
+    _, document = api
+    seen = []
+    for method, path, operation in operations(document):
+        for status, response in operation.get("responses", {}).items():
+            for name, header in (response.get("headers") or {}).items():
+                assert "schema" in header or "content" in header, (path, method, status, name)
+                seen.append((path, method, status, name))
+    assert ("/v1/kiosk/deliveries", "post", "201", "X-Parcel-Created") in seen

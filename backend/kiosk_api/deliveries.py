@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Response, post
+from litestar.datastructures import ResponseHeader
 from litestar.params import JSONBody, Parameter
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -94,6 +95,15 @@ async def _recorded_rejection(
         "the same kiosk answers the same parcel (also 201; header `X-Parcel-Created: false`). 409 `no_compartment_fits` lists the "
         "free larger sizes in `free_sizes`; then `to_office: true` records an office hand-over."
     ),
+    response_headers=[
+        ResponseHeader(
+            name="X-Parcel-Created",
+            description="`true` for a new parcel, `false` when this tracking number at this "
+            "kiosk already had one (the same parcel is answered)",
+            required=True,
+            documentation_only=True,
+        )
+    ],
     responses=responses(
         errors.UnknownUnit,
         errors.NotFound,
