@@ -14,7 +14,8 @@ Invariants:
   ``apns-collapse-id``, data ``notification_id``), so a phone shows it once.
 - Retryable failures back off exponentially with jitter (honouring ``Retry-After``) until
   ``outbox_max_age_seconds`` after the delivery was due, then the delivery is ``failed`` (staff
-  see it). Permanent failures disable that device's push token at once; never retried.
+  see it). Permanent failures disable that device's push token at once; never retried. A
+  reminder's retry that would land in the property's quiet hours waits for their end.
 - Finished notifications (outbox rows sent, failed or skipped, with their deliveries) are kept
   ``outbox_retention_days`` for staff to look back on, then pruned by the running dispatcher
   (``prune``, about hourly, in batches), so the tables do not grow without bound.
@@ -67,6 +68,7 @@ class Claim:
     token: str
     attempts: int
     due_at: datetime
+    property_id: str = ""
 
 
 @dataclass
@@ -291,6 +293,7 @@ class Dispatcher:
                         device.push_token,
                         delivery.attempts,
                         delivery.due_at,
+                        delivery.property_id,
                     )
                 )
                 if device.push_token and fingerprint(device.push_token) != (
@@ -306,12 +309,22 @@ class Dispatcher:
 
     # -- record: outcomes only where our fencing token still holds ---------------------------
     async def record(
-        self, claims: list[Claim], outcomes: list[Outcome], now: datetime, report: RoundReport
+        self,
+        claims: list[Claim],
+        outcomes: list[Outcome],
+        now: datetime,
+        report: RoundReport,
+        notices: dict[int, messages.Notice] | None = None,
     ) -> None:
         async with self.runtime.db.session() as session:
             touched: set[int] = set()
             for claim, outcome in zip(claims, outcomes, strict=True):
                 values = self._next_state(claim, outcome, now, report)
+                notice = (notices or {}).get(claim.event_id)
+                if values["state"] == "pending" and notice is not None:
+                    values["next_attempt_at"] = await _outside_quiet_hours(
+                        session, notice, claim.property_id, values["next_attempt_at"]
+                    )
                 result = await session.exec(
                     update(PushDelivery)
                     .where(
@@ -437,7 +450,7 @@ class Dispatcher:
                 outcomes_by_id[item.delivery_id] = outcome
         outcomes = [outcomes_by_id[c.delivery_id] for c in claims]
         # Outcomes are judged at the time they arrive (a long send must not look early).
-        await self.record(claims, outcomes, max(now, utcnow()), report)
+        await self.record(claims, outcomes, max(now, utcnow()), report, notices)
         return report
 
     async def prune(self, now: datetime | None = None) -> int:
@@ -525,6 +538,18 @@ class Dispatcher:
         """A round that hit the batch size leaves work behind: the next one starts at once."""
         settled = report.work - report.expanded
         return report.expanded >= self.batch_size or settled >= self.batch_size
+
+
+async def _outside_quiet_hours(
+    session: AsyncSession, notice: messages.Notice, property_id: str, moment: datetime
+) -> datetime:
+    """A reminder's retry that would land in the property's quiet hours waits for their end,
+    as its first attempt did; other notifications retry when their backoff says."""
+    if notice.template.category != "reminder":
+        return moment
+    prop = await session.get(Property, property_id)
+    quiet_end = preferences.quiet_hours_end(prop, moment) if prop is not None else None
+    return quiet_end or moment
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -207,6 +207,33 @@ async def test_quiet_hours_delay_reminders_but_never_alarms(
     assert [r.message["data"]["type"] for r in fcm.sends()] == ["door.forced", "parcel.reminder"]
 
 
+async def test_a_reminder_retry_that_would_land_in_quiet_hours_waits_for_their_end(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    home = world.home
+    await add_device(client, home.people["resident"], "token-resident")
+    evening = _next_local(21, 50)  # ten minutes before the default 22:00-07:00 quiet hours
+    reminder = await _parcel_event(runtime, world, "parcel.reminder")
+    fcm.fail_next("QUOTA_EXCEEDED", 1, {"Retry-After": "1200"})  # FCM: come back at 22:10
+
+    await dispatcher.run_once(evening)
+    assert [r.status for r in fcm.sends()] == [429]
+    item = await notification_for(client, home.people["staff"], home.property_id, reminder)
+    [delivery] = item["deliveries"]
+    morning = (evening.astimezone(NEW_YORK) + timedelta(days=1)).replace(hour=7, minute=0)
+    assert delivery["state"] == "pending"
+    assert at(delivery["next_attempt_at"]) == morning.astimezone(UTC)
+
+    await dispatcher.drain(evening + timedelta(minutes=30))  # 22:20: quiet, nothing sent
+    assert len(fcm.sends()) == 1
+    await dispatcher.drain(morning.astimezone(UTC) + timedelta(minutes=1))
+    assert [r.status for r in fcm.sends()] == [429, 200]
+
+
 async def test_quiet_hours_can_be_switched_off_by_policy(
     client: AsyncTestClient,  # type: ignore[type-arg]
     world: World,
