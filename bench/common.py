@@ -122,6 +122,60 @@ async def alternate(
     return result
 
 
+def _process_tree_ticks(root: int) -> int:
+    """CPU ticks (user + system) of ``root`` and every live descendant, from /proc."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += ticks.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+class CpuMeter:
+    """CPU seconds spent by the server's process tree and by this (load-generating) process
+    between ``start`` and ``stop``: on a 2-core machine shared by both, a figure per operation
+    says where the time goes better than wall-clock throughput does."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._server = 0
+        self._client = 0.0
+
+    def _client_seconds(self) -> float:
+        usage = os.times()
+        return usage.user + usage.system
+
+    def start(self) -> None:
+        self._server = _process_tree_ticks(self.server_pid)
+        self._client = self._client_seconds()
+
+    def stop(self, operations: int) -> dict[str, Any]:
+        server = (_process_tree_ticks(self.server_pid) - self._server) / self._tick
+        client = self._client_seconds() - self._client
+        per = max(operations, 1)
+        return {
+            "server_cpu_s": round(server, 2),
+            "client_cpu_s": round(client, 2),
+            "server_cpu_ms_per_op": round(server * 1000 / per, 2),
+            "client_cpu_ms_per_op": round(client * 1000 / per, 2),
+        }
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),

@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from bench.common import QUICK, Samples, alternate, burst, emit
+from bench.common import QUICK, CpuMeter, Samples, alternate, burst, emit
 from bench.server import create_table
 from tests.databases import PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT, reachable, sqlite_url
 from tests.deployment import create_database, drop_database, parse_demo_output, pg_url
@@ -295,6 +295,9 @@ async def paced_deliveries(
             intake.errors += 1
             failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
 
+    print(f"# {setup.backend}: {count} deliveries at {rate:g}/s", file=sys.stderr, flush=True)
+    meter = CpuMeter(setup.server.pid)
+    meter.start()
     started = time.perf_counter()
     tasks = []
     for i in range(first, first + count):
@@ -304,6 +307,7 @@ async def paced_deliveries(
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
     wall = time.perf_counter() - started
+    cpu = meter.stop(len(delivered))
     for samples in (intake, deposit, to_ws):
         samples.wall = wall
     return {
@@ -314,6 +318,7 @@ async def paced_deliveries(
         "intake": intake.summary(),
         "deposited": deposit.summary(),
         "deposit_to_websocket": to_ws.summary(),
+        "cpu_per_delivery": cpu,
     }, delivered
 
 

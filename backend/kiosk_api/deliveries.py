@@ -1,8 +1,9 @@
 """Courier intake at the kiosk, and PIN pickup checked online.
 
 A refused request that names another kiosk's compartment or parcel is still recorded
-(``kiosk.request_rejected``, for staff): its savepoint is rolled back (nothing half-written),
-the event is committed, then the error is answered.
+(``kiosk.request_rejected``, for staff): the compartment or parcel is looked up (read-only)
+before anything is written, so on refusal the event is committed alone, then the error is
+answered.
 """
 
 from __future__ import annotations
@@ -74,13 +75,14 @@ class PinPickup(msgspec.Struct, forbid_unknown_fields=True):
 async def _recorded_rejection(
     session: AsyncSession,
     kiosk: Kiosk,
-    call: Callable[[], Awaitable[T]],
+    lookup: Callable[[], Awaitable[T]],
     reason: str,
     **payload: Any,
 ) -> T:
+    """Run a read-only ownership ``lookup``; a ``NotFound`` is recorded for staff, committed
+    (with the spent assertion), then raised."""
     try:
-        async with session.begin_nested():
-            return await call()
+        return await lookup()
     except errors.NotFound:
         await parcels.record_rejection(session, kiosk, reason, **payload)
         await session.commit()
@@ -129,23 +131,25 @@ async def create_delivery(
         )
     if size is None:
         raise errors.ValidationFailed("size or dimensions is required")
-    chosen: str = size
-    result = await _recorded_rejection(
-        session,
-        kiosk,
-        lambda: parcels.intake(
+    requested = data.compartment_id
+    if requested is not None:
+        await _recorded_rejection(
             session,
             kiosk,
-            carrier=data.carrier,
-            tracking=data.tracking,
-            unit_label=data.unit,
-            size=chosen,
-            compartment_id=data.compartment_id,
-            to_office=data.to_office,
-            now=utcnow(),
-        ),
-        "foreign_compartment",
-        compartment_id=data.compartment_id,
+            lambda: parcels.kiosk_compartment(session, kiosk, requested),
+            "foreign_compartment",
+            compartment_id=requested,
+        )
+    result = await parcels.intake(
+        session,
+        kiosk,
+        carrier=data.carrier,
+        tracking=data.tracking,
+        unit_label=data.unit,
+        size=size,
+        compartment_id=requested,
+        to_office=data.to_office,
+        now=utcnow(),
     )
     view = await delivery_view(session, result.parcel, result.compartment)
     # A repeated scan answers the same parcel, and the same status, so retries look alike.
@@ -172,10 +176,11 @@ async def confirm_deposit(
     parcel = await _recorded_rejection(
         session,
         kiosk,
-        lambda: parcels.confirm_deposit(session, kiosk, parcel_id, closed_at, utcnow()),
+        lambda: parcels.kiosk_parcel(session, kiosk, parcel_id),
         "foreign_parcel",
         parcel_id=parcel_id,
     )
+    await parcels.confirm_deposit(session, kiosk, parcel, closed_at, utcnow())
     return await delivery_view(session, parcel, await _compartment(session, parcel))
 
 
@@ -195,10 +200,11 @@ async def cancel_delivery(
     parcel = await _recorded_rejection(
         session,
         kiosk,
-        lambda: parcels.cancel_delivery(session, kiosk, parcel_id, utcnow(), reason),
+        lambda: parcels.kiosk_parcel(session, kiosk, parcel_id),
         "foreign_parcel",
         parcel_id=parcel_id,
     )
+    await parcels.cancel_delivery(session, kiosk, parcel, utcnow(), reason)
     return await delivery_view(session, parcel, None)
 
 

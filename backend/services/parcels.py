@@ -31,6 +31,7 @@ import hmac
 import math
 import secrets
 import weakref
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -169,6 +170,14 @@ def _clean_tracking(tracking: str) -> str:
 def _is_postgres(session: AsyncSession) -> bool:
     bind: Any = session.bind
     return bind is not None and bind.dialect.name == "postgresql"
+
+
+def _race_guard(session: AsyncSession) -> AbstractAsyncContextManager[Any]:
+    """A savepoint around writes that a concurrent transaction can make fail (PostgreSQL), so
+    the loser rolls back just those and retries. On SQLite the transaction holds the
+    database's write lock from its first statement (``BEGIN IMMEDIATE``): nothing can race
+    it, and a savepoint would only cost time on the delivery path."""
+    return session.begin_nested() if _is_postgres(session) else nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,9 +329,7 @@ async def intake(
     if unit is None:
         raise errors.UnknownUnit(f"no unit {unit_label.strip()!r} at this property")
     if compartment_id is not None:
-        requested = await session.get(Compartment, compartment_id)
-        if requested is None or requested.kiosk_id != kiosk.id:
-            raise errors.NotFound("Compartment not found")
+        await kiosk_compartment(session, kiosk, compartment_id)
     existing = await _existing(session, kiosk.id, tracking)
     if existing is not None and existing.state != "cancelled":
         if existing.unit_id != unit.id:
@@ -357,7 +364,7 @@ async def intake(
                 free_sizes=free,
             )
         try:
-            async with session.begin_nested():
+            async with _race_guard(session):
                 compartment.state = "reserved"
                 session.add(compartment)
                 parcel = existing or Parcel(
@@ -523,7 +530,11 @@ async def _to_office(
     return parcel
 
 
-async def _kiosk_parcel(session: AsyncSession, kiosk: Kiosk, parcel_id: str) -> Parcel:
+async def kiosk_parcel(session: AsyncSession, kiosk: Kiosk, parcel_id: str) -> Parcel:
+    """The kiosk's own parcel (locked on PostgreSQL); another kiosk's is ``NotFound``.
+
+    Read-only: the kiosk API looks a parcel up with this before changing it, so a refused
+    request has written nothing and its rejection can be recorded and committed as it is."""
     statement = select(Parcel).where(Parcel.id == parcel_id)
     if _is_postgres(session):
         statement = statement.with_for_update()
@@ -583,11 +594,18 @@ async def _derive_pin_hashes(session: AsyncSession, kiosk_id: str) -> None:
     await session.flush()
 
 
+async def kiosk_compartment(session: AsyncSession, kiosk: Kiosk, compartment_id: str) -> None:
+    """A compartment a courier asked for must be this kiosk's (read-only, like ``kiosk_parcel``)."""
+    requested = await session.get(Compartment, compartment_id)
+    if requested is None or requested.kiosk_id != kiosk.id:
+        raise errors.NotFound("Compartment not found")
+
+
 async def confirm_deposit(
-    session: AsyncSession, kiosk: Kiosk, parcel_id: str, closed_at: datetime | None, now: datetime
+    session: AsyncSession, kiosk: Kiosk, parcel: Parcel, closed_at: datetime | None, now: datetime
 ) -> Parcel:
-    """The door closed on the parcel: now it is ``deposited`` and the unit is told (idempotent)."""
-    parcel = await _kiosk_parcel(session, kiosk, parcel_id)
+    """The door closed on the kiosk's ``parcel`` (from ``kiosk_parcel``): now it is
+    ``deposited`` and the unit is told (idempotent)."""
     if parcel.state == "deposited":
         return parcel
     if parcel.state != "assigned" or parcel.compartment_id is None:
@@ -620,10 +638,10 @@ async def confirm_deposit(
 
 
 async def cancel_delivery(
-    session: AsyncSession, kiosk: Kiosk, parcel_id: str, now: datetime, reason: str
+    session: AsyncSession, kiosk: Kiosk, parcel: Parcel, now: datetime, reason: str
 ) -> Parcel:
-    """The courier gave up or the door never closed: the compartment is released."""
-    parcel = await _kiosk_parcel(session, kiosk, parcel_id)
+    """The courier gave up or the door never closed on the kiosk's ``parcel`` (from
+    ``kiosk_parcel``): the compartment is released."""
     if parcel.state == "cancelled":
         return parcel
     if parcel.state != "assigned":
@@ -1032,7 +1050,7 @@ async def _ingest_offline_deposit(
         if existing.state != "assigned":
             return  # already known: a re-uploaded or duplicate entry
         if existing.compartment_id == compartment.id:
-            await confirm_deposit(session, kiosk, existing.id, at, now)
+            await confirm_deposit(session, kiosk, existing, at, now)
             return
         # Reserved online in one compartment, then deposited offline in another: the parcel is
         # where the kiosk says; the first reservation is released.
