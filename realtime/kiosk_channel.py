@@ -214,10 +214,11 @@ async def kiosk_channel(socket: WebSocket[Any, Any, Any]) -> None:
             await close_socket(socket, Close.of(protocol.INVALID_ASSERTION))
             return
         connection = KioskConnection(socket, runtime, hub, kiosk_id, property_id)
-        await connection._send({"type": "ready", "kiosk_id": kiosk_id})
         replaced = await hub.kiosk_connected(connection)  # claims the lease first
         if isinstance(replaced, KioskConnection):
             replaced.close(Close.of(protocol.REPLACED))
+        # Only now: "ready" promises that a command sent from any process reaches this socket.
+        await connection._send({"type": "ready", "kiosk_id": kiosk_id})
         _track(runtime, record_presence(runtime, kiosk_id, property_id, online=True))
         try:
             await connection.read()

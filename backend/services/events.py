@@ -38,8 +38,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import bindparam, func, insert, text
 from sqlalchemy import event as sa_event
-from sqlalchemy import func, text
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -139,6 +139,27 @@ def _snapshot(event: Event) -> dict[str, Any]:
     }
 
 
+EVENT_TABLE: Any = Event.__table__  # type: ignore[attr-defined]
+OUTBOX_TABLE: Any = Outbox.__table__  # type: ignore[attr-defined]
+
+# Built once: every kiosk request appends an event, and building and caching a statement costs
+# more than running it on SQLite. Core statements, not ORM flushes, for the same reason; the
+# appended row is never changed afterwards, so nothing needs it in the session.
+_CHAIN_HEAD = (
+    select(EVENT_TABLE.c.hash)
+    .where(EVENT_TABLE.c.property_id == bindparam("property_id"))
+    .order_by(EVENT_TABLE.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+# Under the lock, the highest committed id is the one that precedes ours (one round trip for
+# both on the first append of a transaction).
+_PREV_ID_AND_HEAD = select(select(func.max(EVENT_TABLE.c.id)).scalar_subquery(), _CHAIN_HEAD)
+_HEAD = select(_CHAIN_HEAD)
+_INSERT_EVENT = insert(EVENT_TABLE).returning(EVENT_TABLE.c.id)
+_INSERT_OUTBOX = insert(OUTBOX_TABLE)
+
+
 async def record_event(
     session: AsyncSession,
     *,
@@ -153,25 +174,19 @@ async def record_event(
     severity: str | None = None,
     notify: bool = True,
 ) -> Event:
-    """Append one event (and its push outbox row) to the caller's transaction."""
+    """Append one event (and its push outbox row) to the caller's transaction.
+
+    The returned ``Event`` carries its id but is not in the session (the row is final)."""
     await serialise_appends(session)
+    connection = await session.connection()
     pending = session.info.get(_PENDING)
-    chain_head = (
-        select(Event.hash)
-        .where(Event.property_id == property_id)
-        .order_by(col(Event.id).desc())
-        .limit(1)
-        .scalar_subquery()
-    )
     if pending is None:
-        # Under the lock, the highest committed id is the one that precedes ours (one round
-        # trip for both: every kiosk request appends, so this is on the hot path).
         prev_id, last = (
-            await session.exec(select(select(func.max(Event.id)).scalar_subquery(), chain_head))  # type: ignore[call-overload]
+            await connection.execute(_PREV_ID_AND_HEAD, {"property_id": property_id})
         ).one()
         prev_id = prev_id or 0
     else:
-        last = (await session.exec(select(chain_head))).one()  # type: ignore[call-overload]
+        last = (await connection.execute(_HEAD, {"property_id": property_id})).scalar_one()
     prev_hash = last or GENESIS
     now = utcnow()
     event = Event(
@@ -189,15 +204,22 @@ async def record_event(
         hash="",
     )
     event.hash = event_hash(event, prev_hash)
-    session.add(event)
-    await session.flush()
+    row = {name: getattr(event, name) for name in _EVENT_COLUMNS}
+    event.id = (await connection.execute(_INSERT_EVENT, row)).scalar_one()
     if pending is None:
         session.info[_PENDING] = (int(prev_id), [_snapshot(event)])
     else:
         pending[1].append(_snapshot(event))
-    if notify:  # written with the transaction's next flush (at the latest, its commit)
-        session.add(Outbox(topic="push", event_id=event.id, next_attempt_at=now))
+    if notify:
+        outbox = Outbox(topic="push", event_id=event.id, next_attempt_at=now, created_at=now)
+        await connection.execute(
+            _INSERT_OUTBOX, {name: getattr(outbox, name) for name in _OUTBOX_COLUMNS}
+        )
     return event
+
+
+_EVENT_COLUMNS = [c.name for c in EVENT_TABLE.columns if c.name != "id"]
+_OUTBOX_COLUMNS = [c.name for c in OUTBOX_TABLE.columns if c.name != "id"]
 
 
 class ChainReport:
