@@ -242,6 +242,7 @@ class Dispatcher:
                     lease_until=now + self.lease,
                     attempts=PushDelivery.attempts + 1,
                 )
+                .execution_options(synchronize_session=False)  # loaded only below
             )
             rows = (
                 await session.exec(
@@ -333,6 +334,7 @@ class Dispatcher:
                         col(PushDelivery.state) == "pending",
                     )
                     .values(**values)
+                    .execution_options(synchronize_session=False)  # none loaded here
                 )
                 if result.rowcount == 0:
                     report.lost_leases += 1
