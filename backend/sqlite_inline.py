@@ -29,8 +29,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 # Another process holding the write lock: retry BEGIN IMMEDIATE after these pauses (seconds),
-# the last one repeated, for up to ``timeout`` seconds in all.
-RETRY_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+# the last one repeated, for up to ``timeout`` seconds in all. Short, because the other
+# process is usually ``concierge worker`` (or another server) whose transactions take about a
+# millisecond, and every transaction of this process queues behind the one that waits: pauses
+# growing to 50 ms made a server sharing the file with a worker wait far longer than the
+# worker's transactions ever took. A try costs a few microseconds.
+RETRY_PAUSES = (0.0005, 0.001, 0.002)
 
 
 class InlineCursor:

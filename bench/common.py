@@ -146,14 +146,14 @@ def _process_tree_ticks(root: int) -> int:
 
 
 class CpuMeter:
-    """CPU seconds spent by the server's process tree and by this (load-generating) process
-    between ``start`` and ``stop``: on a 2-core machine shared by both, a figure per operation
-    says where the time goes better than wall-clock throughput does."""
+    """CPU seconds spent by named process trees (servers, workers) and by this
+    (load-generating) process between ``start`` and ``stop``: on a 2-core machine shared by
+    all of them, a figure per operation says where the time goes better than throughput does."""
 
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
+    def __init__(self, **processes: int) -> None:
+        self.processes = processes
         self._tick = os.sysconf("SC_CLK_TCK")
-        self._server = 0
+        self._ticks: dict[str, int] = {}
         self._client = 0.0
 
     def _client_seconds(self) -> float:
@@ -161,18 +161,23 @@ class CpuMeter:
         return usage.user + usage.system
 
     def start(self) -> None:
-        self._server = _process_tree_ticks(self.server_pid)
+        self._ticks = {name: _process_tree_ticks(pid) for name, pid in self.processes.items()}
         self._client = self._client_seconds()
 
     def stop(self, operations: int) -> dict[str, Any]:
-        server = (_process_tree_ticks(self.server_pid) - self._server) / self._tick
-        client = self._client_seconds() - self._client
         per = max(operations, 1)
+        spent = {
+            name: (_process_tree_ticks(pid) - self._ticks[name]) / self._tick
+            for name, pid in self.processes.items()
+        }
+        client = self._client_seconds() - self._client
         return {
-            "server_cpu_s": round(server, 2),
-            "client_cpu_s": round(client, 2),
-            "server_cpu_ms_per_op": round(server * 1000 / per, 2),
-            "client_cpu_ms_per_op": round(client * 1000 / per, 2),
+            **{f"{name}_cpu_ms_per_op": round(s * 1000 / per, 2) for name, s in spent.items()},
+            "load_generator_cpu_ms_per_op": round(client * 1000 / per, 2),
+            "cpu_s": {
+                **{k: round(v, 2) for k, v in spent.items()},
+                "load_generator": round(client, 2),
+            },
         }
 
 

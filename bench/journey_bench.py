@@ -1,8 +1,9 @@
 """The whole journey under load, on SQLite (1 worker) and on PostgreSQL + Redis (2 workers).
 
-For each backend a real server is started (``bench.server``: the Concierge app plus a bare JSON
-endpoint and a bare one-INSERT endpoint, served by uvicorn exactly like ``concierge serve``),
-a property is seeded through the public API (many residents, one per unit, several kiosks),
+For each backend the production process layout is started for real: the server
+(``bench.server``: the Concierge app plus a bare JSON endpoint and a bare one-INSERT endpoint,
+served by uvicorn exactly like ``concierge serve``) with ``CONCIERGE_BACKGROUND_JOBS=false``, and
+one ``concierge worker`` for the background jobs (push, PIN hashes, policy). A property is seeded through the public API (many residents, one per unit, several kiosks),
 and then, driven by real clients (HTTP, websockets, the kiosk package):
 
 1. **issuance vs baselines**: alternating bursts of ``POST /v1/credentials`` (door credentials),
@@ -42,7 +43,7 @@ from bench.common import QUICK, CpuMeter, Samples, alternate, burst, emit
 from bench.server import create_table
 from tests.databases import PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT, reachable, sqlite_url
 from tests.deployment import create_database, drop_database, parse_demo_output, pg_url
-from tests.processes import ServerProcess, run_cli
+from tests.processes import ServerProcess, WorkerProcess, run_cli
 
 RESIDENTS = 12 if QUICK else 40
 KIOSKS = 2 if QUICK else 4
@@ -81,6 +82,7 @@ class Resident:
 class Setup:
     backend: str
     server: ServerProcess
+    worker: WorkerProcess
     settings: dict[str, Any]
     property_id: str
     staff_headers: dict[str, str]
@@ -99,7 +101,12 @@ async def _check(response: httpx.Response, *expected: int) -> Any:
 
 
 async def seed(
-    backend: str, server: ServerProcess, settings: dict[str, Any], demo_out: str, root: Path
+    backend: str,
+    server: ServerProcess,
+    worker: WorkerProcess,
+    settings: dict[str, Any],
+    demo_out: str,
+    root: Path,
 ) -> Setup:
     """Residents (one per unit), kiosks with compartments, devices, websockets."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -193,6 +200,7 @@ async def seed(
     return Setup(
         backend,
         server,
+        worker,
         settings,
         pid,
         staff,
@@ -296,7 +304,7 @@ async def paced_deliveries(
             failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
 
     print(f"# {setup.backend}: {count} deliveries at {rate:g}/s", file=sys.stderr, flush=True)
-    meter = CpuMeter(setup.server.pid)
+    meter = CpuMeter(server=setup.server.pid, worker=setup.worker.pid)
     meter.start()
     started = time.perf_counter()
     tasks = []
@@ -469,7 +477,7 @@ async def run_backend(backend: str, root: Path) -> dict[str, Any]:
         "push_log_path": str(root / "push.log"),
         "password_hash_time_cost": 1,
         "password_hash_memory_kib": 1024,
-        "background_jobs": True,
+        "background_jobs": False,  # the worker runs them, as in production
         "log_level": "WARNING",
     }
     database = None
@@ -482,7 +490,7 @@ async def run_backend(backend: str, root: Path) -> dict[str, Any]:
         settings["redis_url"] = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
         settings["redis_channel_prefix"] = "concierge-bench-" + secrets.token_hex(4)
         workers = 2
-    server = None
+    server = worker = None
     try:
         assert run_cli(["migrate"], settings).returncode == 0
         demo = run_cli(["demo"], settings)
@@ -496,7 +504,10 @@ async def run_backend(backend: str, root: Path) -> dict[str, Any]:
             workers=workers,
             command=[sys.executable, "-m", "bench.server"],
         )
-        setup = await seed(backend, server, settings, demo.stdout, root)
+        worker = await asyncio.to_thread(
+            WorkerProcess.start, settings, log_dir=root, name=f"bench-{backend}-worker", settle=1.0
+        )
+        setup = await seed(backend, server, worker, settings, demo.stdout, root)
         limits = httpx.Limits(
             max_connections=CLIENT_CONNECTIONS, max_keepalive_connections=CLIENT_CONNECTIONS
         )
@@ -519,7 +530,8 @@ async def run_backend(backend: str, root: Path) -> dict[str, Any]:
         return {
             "benchmark": "journey",
             "backend": backend,
-            "server": f"uvicorn, {workers} worker(s), background jobs on, log level WARNING",
+            "server": f"uvicorn, {workers} worker(s), log level WARNING; background jobs in"
+            " one concierge worker process",
             "password_hash": "argon2id t=1 m=1MiB (seeding only)",
             "residents": RESIDENTS,
             "kiosks": KIOSKS,
@@ -537,6 +549,8 @@ async def run_backend(backend: str, root: Path) -> dict[str, Any]:
             },
         }
     finally:
+        if worker is not None:
+            await asyncio.to_thread(worker.stop)
         if server is not None:
             await asyncio.to_thread(server.stop)
         if database is not None:

@@ -224,3 +224,53 @@ async def test_the_server_runs_the_dispatcher_in_the_background(
     [request] = fcm.sends()
     assert request.message["data"]["event_id"] == str(event_id)
     assert request.token == "token-resident"
+
+
+async def test_worker_runs_the_leased_jobs_for_servers_without_background_jobs(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    settings: Settings,
+    fcm: FakeFcm,
+) -> None:
+    """Servers with ``CONCIERGE_BACKGROUND_JOBS=false`` (as the test app runs) leave the pickup
+    PIN's slow hash to ``concierge worker``: a parcel deposited at the kiosk gets it."""
+    from sqlalchemy import text
+
+    from tests.world import check
+
+    home = world.home
+    intake = check(
+        await client.post(
+            "/v1/kiosk/deliveries",
+            json={"carrier": "UPS", "tracking": "1ZWORKER1", "unit": "4B", "size": "S"},
+            headers=home.kiosk.headers(),
+        ),
+        201,
+    )
+    parcel_id = intake["parcel_id"]
+    check(
+        await client.post(
+            f"/v1/kiosk/deliveries/{parcel_id}/deposited", json={}, headers=home.kiosk.headers()
+        )
+    )
+
+    async def pin_hash() -> str | None:
+        async with runtime.db.engine.connect() as connection:
+            row = await connection.execute(
+                text("SELECT pin_hash FROM parcel WHERE id = :id"), {"id": parcel_id}
+            )
+            value: str | None = row.scalar_one()
+            return value
+
+    assert await pin_hash() is None  # nobody derived it yet: the server runs no jobs
+    worker = _worker(settings)
+    try:
+
+        async def hashed() -> bool:
+            return (await pin_hash() or "").startswith("scrypt$")
+
+        await eventually(hashed, timeout=120)
+    finally:
+        code, _, err = _stop(worker)
+    assert code == 0, err

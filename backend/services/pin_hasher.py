@@ -8,7 +8,8 @@ write lock). The deposit now only draws the PIN's nonce; this job hashes new PIN
 holds a lock while it computes. A kiosk that syncs before the job got to its PIN gets the hash
 derived on the spot (``parcels.pin_hashes_for_kiosk``), so sync never misses one.
 
-With several server processes exactly one runs the job at a time (the ``pin_hashes`` job lease,
+It runs in servers with background jobs and in ``concierge worker``; across all of those
+processes exactly one runs the job at a time (the ``pin_hashes`` job lease,
 as for the policy engine); the write only fills rows that still have no hash, so a second
 writer could only repeat work, never undo it.
 """
@@ -68,11 +69,13 @@ async def _derive_all(runtime: Runtime) -> None:
         pass
 
 
-async def _run(runtime: Runtime) -> None:
+async def run(runtime: Runtime) -> None:
+    """Hash new PINs while this process holds the job lease (in a server with background jobs,
+    or in ``concierge worker``); runs until cancelled."""
     await policy.run_under_lease(runtime, LEASE_NAME, POLL_SECONDS, lambda: _derive_all(runtime))
 
 
 async def start_pin_hasher(_app: Any, runtime: Runtime) -> None:
     """STARTUP_HOOK: the background PIN hasher (only when ``settings.background_jobs``)."""
     if runtime.settings.background_jobs:
-        runtime.background.append(asyncio.create_task(_run(runtime), name="pin-hasher"))
+        runtime.background.append(asyncio.create_task(run(runtime), name="pin-hasher"))

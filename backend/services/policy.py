@@ -124,7 +124,9 @@ async def _policy_round(runtime: Runtime) -> None:
         log.info("policy action %s", action.get("action"), extra={"action": action})
 
 
-async def _scheduler(runtime: Runtime) -> None:
+async def run_scheduler(runtime: Runtime) -> None:
+    """The policy job every ``policy_interval_seconds`` while this process holds its lease
+    (in a server with background jobs, or in ``concierge worker``); runs until cancelled."""
     interval = max(runtime.settings.policy_interval_seconds, 1.0)
     await run_under_lease(runtime, LEASE_NAME, interval, lambda: _policy_round(runtime))
 
@@ -132,4 +134,4 @@ async def _scheduler(runtime: Runtime) -> None:
 async def start_policy_scheduler(_app: Any, runtime: Runtime) -> None:
     """STARTUP_HOOK: the scheduled policy job (only when ``settings.background_jobs``)."""
     if runtime.settings.background_jobs:
-        runtime.background.append(asyncio.create_task(_scheduler(runtime)))
+        runtime.background.append(asyncio.create_task(run_scheduler(runtime)))
