@@ -149,7 +149,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         float, _doc("First retry delay of a failed push; doubles per attempt, with jitter")
     ] = 5.0
     background_jobs: Annotated[
-        bool, _doc("Run the outbox dispatcher, policy jobs and PIN hasher inside the server")
+        bool,
+        _doc(
+            "Run the outbox dispatcher, policy jobs and PIN hasher inside the server"
+            " (set `false` where `concierge worker` processes run them)"
+        ),
     ] = True
     policy_interval_seconds: Annotated[
         float, _doc("How often the policy engine runs inside the server")
