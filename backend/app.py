@@ -20,7 +20,7 @@ from backend.logs import request_id_middleware
 from backend.openapi_strict import StrictStructSchemaPlugin, finish_openapi
 from backend.problems import exception_handlers
 from backend.runtime import Runtime
-from backend.services import parcels, pin_hasher, policy
+from backend.services import parcel_journal, parcel_policy, parcels, pin_hasher, policy  # noqa: F401  (register their jobs and journal handlers)
 from backend.settings import Settings
 from push.dispatcher import start_push_dispatcher
 from realtime import kiosk_channel, relay

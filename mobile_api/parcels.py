@@ -18,7 +18,7 @@ from backend.models.base import utcnow
 from backend.pagination import Page, fetch_page
 from backend.parcel_views import HoldView, ParcelView, hold_views, parcel_view, parcel_views
 from backend.problems import responses
-from backend.services import parcels
+from backend.services import parcel_policy
 
 Id = Annotated[str, Parameter(max_length=32)]
 Limit = Annotated[int, Parameter(ge=1, le=200)]
@@ -77,7 +77,7 @@ async def set_hold(
 ) -> list[HoldView]:
     if data.until is not None and data.until.tzinfo is None:
         raise errors.ValidationFailed("until needs a timezone")
-    return hold_views(await parcels.set_hold(session, actor, data.until, utcnow()))
+    return hold_views(await parcel_policy.set_hold(session, actor, data.until, utcnow()))
 
 
 @get(
@@ -87,7 +87,7 @@ async def set_hold(
     responses=responses(),
 )
 async def get_hold(actor: ActorDep, session: SessionDep) -> list[HoldView]:
-    return hold_views(await parcels.holds_of(session, actor, utcnow()))
+    return hold_views(await parcel_policy.holds_of(session, actor, utcnow()))
 
 
 handlers = [list_parcels, get_parcel, set_hold, get_hold]

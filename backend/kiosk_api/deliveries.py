@@ -24,7 +24,7 @@ from backend.models import Compartment, Kiosk, Parcel
 from backend.models.base import utcnow
 from backend.parcel_views import DeliveryView, PinDecisionView, delivery_view
 from backend.problems import responses
-from backend.services import parcels
+from backend.services import parcel_pins, parcels
 
 Id = Annotated[str, Parameter(max_length=32)]
 Size = Literal["S", "M", "L", "XL"]
@@ -222,7 +222,7 @@ async def cancel_delivery(
 async def pin_pickup(
     data: JSONBody[PinPickup], kiosk: KioskDep, session: SessionDep
 ) -> PinDecisionView:
-    decision = await parcels.pin_pickup(session, kiosk, data.unit, data.pin, utcnow())
+    decision = await parcel_pins.pin_pickup(session, kiosk, data.unit, data.pin, utcnow())
     return PinDecisionView(
         decision.granted, decision.reason, decision.compartments, decision.retry_after_seconds
     )

@@ -72,12 +72,12 @@ class SyncView(msgspec.Struct):
 
 async def _pin_hashes(session: AsyncSession, kiosk: Kiosk, now: Any) -> list[dict[str, Any]]:
     try:
-        parcels = importlib.import_module("backend.services.parcels")
+        parcel_pins = importlib.import_module("backend.services.parcel_pins")
     except ModuleNotFoundError as exc:
-        if exc.name == "backend.services.parcels":
+        if exc.name == "backend.services.parcel_pins":
             return []
         raise
-    function = getattr(parcels, "pin_hashes_for_kiosk", None)
+    function = getattr(parcel_pins, "pin_hashes_for_kiosk", None)
     if function is None:
         return []
     return list(await function(session, kiosk, now))

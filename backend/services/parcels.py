@@ -1,10 +1,16 @@
-"""Parcels: courier intake at a kiosk, deposit, pickup (credential or PIN), overflow, return.
+"""Parcels: courier intake at a kiosk, deposit, the PIN and pickup, the office hand-over.
+
+The rest of the parcel domain builds on this module: ``parcel_pins`` (the PIN typed at the
+kiosk, failure budgets, hashes for offline checks), ``parcel_journal`` (what a kiosk decided
+offline), ``parcel_staff`` (overflow moves, returns, custody, occupancy, the weekly report) and
+``parcel_policy`` (holds, reminders, the overflow list, expired reservations).
 
 Invariants:
 - Never two active parcels in one compartment. The database holds it (a partial unique index
   on ``parcel.compartment_id`` over ``assigned``/``deposited``); intake picks the smallest free
-  compartment that fits under ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite serialises
-  writers with ``BEGIN IMMEDIATE``) and retries in a savepoint if the index still says no.
+  compartment that fits under ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and retries in a
+  savepoint if the index still says no (SQLite serialises writers with ``BEGIN IMMEDIATE``, so
+  nothing races the intake there).
 - A duplicate scan (same tracking at the same kiosk) is the same parcel: ``(kiosk_id, tracking)``
   is unique and intake answers the existing row.
 - Only a door that closed on the parcel makes it ``deposited``; only then is the resident told.
@@ -28,12 +34,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import math
 import secrets
 import weakref
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func
@@ -47,20 +52,15 @@ from backend.crypto import b64url, b64url_decode, derive_key
 from backend.db import keep_loaded
 from backend.models import (
     Compartment,
-    DeliveryHold,
     Event,
     Kiosk,
     Parcel,
-    PinAttempt,
-    Property,
     Unit,
 )
 from backend.models.parcel import ACTIVE_STATES
 from backend.runtime import Runtime
-from backend.scoping import get_in_property, staff_property
-from backend.services import policy
+from backend.scoping import staff_property
 from backend.services.events import record_event
-from backend.services.properties import policy_of
 
 SIZES = ("S", "M", "L", "XL")
 SIZE_RANK = {size: rank for rank, size in enumerate(SIZES)}
@@ -156,7 +156,7 @@ async def find_unit(session: AsyncSession, property_id: str, label: str) -> Unit
     return rows[0] if len(rows) == 1 else None
 
 
-def _normal_label(label: str) -> str:
+def normal_label(label: str) -> str:
     return label.strip().upper()
 
 
@@ -167,7 +167,7 @@ def _clean_tracking(tracking: str) -> str:
     return value
 
 
-def _is_postgres(session: AsyncSession) -> bool:
+def is_postgres(session: AsyncSession) -> bool:
     bind: Any = session.bind
     return bind is not None and bind.dialect.name == "postgresql"
 
@@ -177,7 +177,7 @@ def _race_guard(session: AsyncSession) -> AbstractAsyncContextManager[Any]:
     the loser rolls back just those and retries. On SQLite the transaction holds the
     database's write lock from its first statement (``BEGIN IMMEDIATE``): nothing can race
     it, and a savepoint would only cost time on the delivery path."""
-    return session.begin_nested() if _is_postgres(session) else nullcontext()
+    return session.begin_nested() if is_postgres(session) else nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ async def _labels(session: AsyncSession, parcel: Parcel) -> tuple[str | None, st
     return (unit.label if unit else None, compartment.label if compartment else None)
 
 
-async def _parcel_event(
+async def parcel_event(
     session: AsyncSession,
     parcel: Parcel,
     type: str,
@@ -287,14 +287,14 @@ async def _pick_compartment(
     statement = statement.order_by(
         case(SIZE_RANK, value=Compartment.size), col(Compartment.label)
     ).limit(1)
-    if _is_postgres(session):
+    if is_postgres(session):
         statement = statement.with_for_update(skip_locked=True)
     return (await session.exec(statement)).first()
 
 
-async def _existing(session: AsyncSession, kiosk_id: str, tracking: str) -> Parcel | None:
+async def existing_parcel(session: AsyncSession, kiosk_id: str, tracking: str) -> Parcel | None:
     statement = select(Parcel).where(Parcel.kiosk_id == kiosk_id, Parcel.tracking == tracking)
-    if _is_postgres(session):
+    if is_postgres(session):
         statement = statement.with_for_update()
     return (await session.exec(statement)).first()
 
@@ -330,7 +330,7 @@ async def intake(
         raise errors.UnknownUnit(f"no unit {unit_label.strip()!r} at this property")
     if compartment_id is not None:
         await kiosk_compartment(session, kiosk, compartment_id)
-    existing = await _existing(session, kiosk.id, tracking)
+    existing = await existing_parcel(session, kiosk.id, tracking)
     if existing is not None and existing.state != "cancelled":
         if existing.unit_id != unit.id:
             raise errors.ParcelStateConflict("this tracking number is already recorded here")
@@ -351,7 +351,7 @@ async def intake(
             size=size,
             created_by=actor,
         )
-        return Intake(await _to_office(session, parcel, actor, now, intake=True), None, True)
+        return Intake(await hand_to_office(session, parcel, actor, now, intake=True), None, True)
     for _ in range(5):
         compartment = await _pick_compartment(session, kiosk.id, size, compartment_id)
         if compartment is None:
@@ -388,7 +388,7 @@ async def intake(
                 await session.flush()
         except IntegrityError:
             # Another delivery took the compartment, or the same tracking was scanned twice.
-            existing = await _existing(session, kiosk.id, tracking)
+            existing = await existing_parcel(session, kiosk.id, tracking)
             if existing is not None and existing.state != "cancelled":
                 compartment = (
                     await session.get(Compartment, existing.compartment_id)
@@ -397,7 +397,7 @@ async def intake(
                 )
                 return Intake(existing, compartment, False)
             continue
-        await _parcel_event(
+        await parcel_event(
             session,
             parcel,
             "parcel.announced",
@@ -485,14 +485,14 @@ async def office_intake(
         created_by=f"user:{actor.user_id}",
         created_at=now,
     )
-    return await _to_office(session, parcel, f"user:{actor.user_id}", now, intake=True)
+    return await hand_to_office(session, parcel, f"user:{actor.user_id}", now, intake=True)
 
 
-async def _release(session: AsyncSession, compartment_id: str | None) -> None:
+async def release_compartment(session: AsyncSession, compartment_id: str | None) -> None:
     if compartment_id is None:
         return
     statement = select(Compartment).where(Compartment.id == compartment_id)
-    if _is_postgres(session):
+    if is_postgres(session):
         statement = statement.with_for_update()
     compartment = (await session.exec(statement)).first()
     if compartment is not None and compartment.state in ("reserved", "occupied"):
@@ -500,7 +500,7 @@ async def _release(session: AsyncSession, compartment_id: str | None) -> None:
         session.add(compartment)
 
 
-async def _to_office(
+async def hand_to_office(
     session: AsyncSession,
     parcel: Parcel,
     actor: str,
@@ -515,8 +515,8 @@ async def _to_office(
     parcel.overflowed_at = now
     session.add(parcel)
     await session.flush()
-    await _release(session, was_in)
-    await _parcel_event(
+    await release_compartment(session, was_in)
+    await parcel_event(
         session,
         parcel,
         "parcel.overflowed",
@@ -536,7 +536,7 @@ async def kiosk_parcel(session: AsyncSession, kiosk: Kiosk, parcel_id: str) -> P
     Read-only: the kiosk API looks a parcel up with this before changing it, so a refused
     request has written nothing and its rejection can be recorded and committed as it is."""
     statement = select(Parcel).where(Parcel.id == parcel_id)
-    if _is_postgres(session):
+    if is_postgres(session):
         statement = statement.with_for_update()
     parcel = (await session.exec(statement)).first()
     if parcel is None or parcel.kiosk_id != kiosk.id:
@@ -544,7 +544,7 @@ async def kiosk_parcel(session: AsyncSession, kiosk: Kiosk, parcel_id: str) -> P
     return parcel
 
 
-async def _assign_pin(session: AsyncSession, parcel: Parcel) -> None:
+async def assign_pin(session: AsyncSession, parcel: Parcel) -> None:
     """Give a waiting parcel its unit's PIN at this kiosk (shared by the unit's waiting parcels)."""
     if pin_key(session) is None:
         return
@@ -565,7 +565,7 @@ async def _assign_pin(session: AsyncSession, parcel: Parcel) -> None:
     parcel.pin_nonce = secrets.token_urlsafe(16)  # the slow hash follows (pin_hasher.py)
 
 
-async def _derive_pin_hashes(session: AsyncSession, kiosk_id: str) -> None:
+async def derive_pin_hashes(session: AsyncSession, kiosk_id: str) -> None:
     """Give every waiting parcel at the kiosk whose PIN has no slow hash yet its hash (one per
     PIN: the parcels sharing a nonce share the hash). Normally the background job got there
     first and this finds nothing to do."""
@@ -614,7 +614,7 @@ async def confirm_deposit(
     if parcel.assigned_at is not None and when < parcel.assigned_at:
         when = parcel.assigned_at
     # The PIN first: its sibling query would otherwise flush the changes below one by one.
-    await _assign_pin(session, parcel)
+    await assign_pin(session, parcel)
     with session.no_autoflush:  # the parcel is written once, below
         compartment = await session.get(Compartment, parcel.compartment_id)
     if compartment is not None:
@@ -624,7 +624,7 @@ async def confirm_deposit(
     parcel.deposited_at = when
     session.add(parcel)
     await session.flush()
-    await _parcel_event(
+    await parcel_event(
         session,
         parcel,
         "parcel.deposited",
@@ -646,19 +646,19 @@ async def cancel_delivery(
         return parcel
     if parcel.state != "assigned":
         raise errors.ParcelStateConflict(f"the parcel is {parcel.state}")
-    await _cancel(session, parcel, f"kiosk:{kiosk.id}", now, reason)
+    await cancel_parcel(session, parcel, f"kiosk:{kiosk.id}", now, reason)
     return parcel
 
 
-async def _cancel(
+async def cancel_parcel(
     session: AsyncSession, parcel: Parcel, actor: str, now: datetime, reason: str
 ) -> None:
     parcel.state = "cancelled"
     parcel.cancelled_at = now
     session.add(parcel)
     await session.flush()
-    await _release(session, parcel.compartment_id)
-    await _parcel_event(
+    await release_compartment(session, parcel.compartment_id)
+    await parcel_event(
         session,
         parcel,
         "parcel.cancelled",
@@ -674,13 +674,13 @@ async def _cancel(
 # Pickup
 
 
-async def _mark_picked_up(
+async def mark_picked_up(
     session: AsyncSession, parcel: Parcel, actor: str, now: datetime, **extra: Any
 ) -> None:
-    await _mark_all_picked_up(session, [parcel], actor, now, **extra)
+    await mark_all_picked_up(session, [parcel], actor, now, **extra)
 
 
-async def _mark_all_picked_up(
+async def mark_all_picked_up(
     session: AsyncSession, parcels: list[Parcel], actor: str, now: datetime, **extra: Any
 ) -> None:
     """Every row change first, then the events: no row lock is taken while holding the event
@@ -691,10 +691,10 @@ async def _mark_all_picked_up(
         parcel.picked_up_at = now
         session.add(parcel)
         await session.flush()
-        await _release(session, compartment_id)
+        await release_compartment(session, compartment_id)
     await session.flush()
     for parcel in parcels:
-        await _parcel_event(
+        await parcel_event(
             session, parcel, "parcel.picked_up", actor, notify=True, occurred_at=now, **extra
         )
 
@@ -736,7 +736,7 @@ async def pickup_grants(
     ]
 
 
-async def _on_credential_redeemed(
+async def on_credential_redeemed(
     session: AsyncSession, kiosk: Kiosk, credential: Any, entry: Any, now: datetime
 ) -> None:
     """REDEMPTION_HOOK: a parcel credential opened its compartment -> the parcel is picked up."""
@@ -744,7 +744,7 @@ async def _on_credential_redeemed(
     if not parcel_id:
         return
     statement = select(Parcel).where(Parcel.id == parcel_id)
-    if _is_postgres(session):
+    if is_postgres(session):
         statement = statement.with_for_update()
     parcel = (await session.exec(statement)).first()
     if parcel is None or parcel.state not in WAITING_STATES or parcel.kiosk_id != kiosk.id:
@@ -752,7 +752,7 @@ async def _on_credential_redeemed(
     if getattr(credential, "target", None) != f"compartment:{parcel.compartment_id}":
         return
     occurred = getattr(entry, "occurred_at", None) or now
-    await _mark_picked_up(
+    await mark_picked_up(
         session,
         parcel,
         f"user:{credential.user_id}",
@@ -760,820 +760,3 @@ async def _on_credential_redeemed(
         channel="credential",
         credential_id=getattr(credential, "id", None),
     )
-
-
-@dataclass
-class PinDecision:
-    granted: bool
-    reason: str
-    compartments: list[dict[str, str]] = field(default_factory=list)
-    retry_after_seconds: int | None = None
-
-
-async def _failures(
-    session: AsyncSession, kiosk_id: str, since: datetime, unit_label: str | None
-) -> tuple[int, datetime | None]:
-    statement = select(func.count(), func.min(PinAttempt.at)).where(
-        PinAttempt.kiosk_id == kiosk_id,
-        PinAttempt.outcome == "wrong_pin",
-        col(PinAttempt.at) >= since,
-    )
-    if unit_label is not None:
-        statement = statement.where(PinAttempt.unit_label == unit_label)
-    count, oldest = (await session.exec(statement)).one()
-    return int(count or 0), oldest
-
-
-async def _record_attempt(
-    session: AsyncSession,
-    kiosk: Kiosk,
-    unit: Unit | None,
-    unit_label: str,
-    outcome: str,
-    channel: str,
-    at: datetime,
-) -> None:
-    session.add(
-        PinAttempt(
-            property_id=kiosk.property_id,
-            kiosk_id=kiosk.id,
-            unit_id=unit.id if unit else None,
-            unit_label=unit_label,
-            outcome=outcome,
-            channel=channel,
-            at=at,
-        )
-    )
-    await session.flush()
-
-
-async def _pin_failed(
-    session: AsyncSession,
-    kiosk: Kiosk,
-    prop: Property,
-    unit: Unit | None,
-    unit_label: str,
-    reason: str,
-    channel: str,
-    at: datetime,
-) -> None:
-    """Journal a failure; alert staff when the kiosk's failures reach its budget (a burst)."""
-    rules = policy_of(prop)
-    since = at - timedelta(minutes=rules.pin_lockout_minutes)
-    await _record_attempt(session, kiosk, unit, unit_label, reason, channel, at)
-    unit_failures, _ = await _failures(session, kiosk.id, since, unit_label)
-    kiosk_failures, _ = await _failures(session, kiosk.id, since, None)
-    payload = {
-        "kiosk_id": kiosk.id,
-        "unit": unit_label,
-        "unit_id": unit.id if unit else None,
-        "reason": reason,
-        "channel": channel,
-        "failures": unit_failures,
-    }
-    await record_event(
-        session,
-        property_id=kiosk.property_id,
-        type="pin.failed",
-        actor=f"kiosk:{kiosk.id}",
-        subject=f"kiosk:{kiosk.id}",
-        payload=payload,
-        occurred_at=at,
-        notify=False,
-    )
-    if reason == "wrong_pin" and unit_failures == rules.pin_max_attempts:
-        await record_event(
-            session,
-            property_id=kiosk.property_id,
-            type="pin.locked_out",
-            actor=f"kiosk:{kiosk.id}",
-            subject=f"kiosk:{kiosk.id}",
-            payload={**payload, "minutes": rules.pin_lockout_minutes},
-            occurred_at=at,
-            severity="warning",
-            notify=False,
-        )
-    if reason == "wrong_pin" and kiosk_failures == rules.pin_max_attempts * KIOSK_BUDGET_FACTOR:
-        await record_event(
-            session,
-            property_id=kiosk.property_id,
-            type="pin.burst",
-            actor=f"kiosk:{kiosk.id}",
-            subject=f"kiosk:{kiosk.id}",
-            payload={
-                "kiosk_id": kiosk.id,
-                "failures": kiosk_failures,
-                "minutes": rules.pin_lockout_minutes,
-            },
-            occurred_at=at,
-            notify=True,
-        )
-
-
-async def pin_pickup(
-    session: AsyncSession, kiosk: Kiosk, unit_label: str, pin: str, now: datetime
-) -> PinDecision:
-    """A unit and PIN typed at the kiosk: opens every compartment of that unit's parcels there.
-
-    Failures are budgeted per (kiosk, unit) and per kiosk over ``pin_lockout_minutes``; past
-    the budget the answer is ``locked_out`` even for the right PIN until old failures age out.
-    """
-    prop = await session.get(Property, kiosk.property_id)
-    assert prop is not None
-    if _is_postgres(session):  # one PIN check at a time per kiosk: budgets are exact
-        await session.exec(select(Kiosk.id).where(Kiosk.id == kiosk.id).with_for_update())
-    rules = policy_of(prop)
-    label = _normal_label(unit_label)
-    unit = await find_unit(session, kiosk.property_id, label)
-    since = now - timedelta(minutes=rules.pin_lockout_minutes)
-    unit_failures, unit_oldest = await _failures(session, kiosk.id, since, label)
-    kiosk_failures, kiosk_oldest = await _failures(session, kiosk.id, since, None)
-    locked = None
-    if unit_failures >= rules.pin_max_attempts:
-        locked = unit_oldest
-    elif kiosk_failures >= rules.pin_max_attempts * KIOSK_BUDGET_FACTOR:
-        locked = kiosk_oldest
-    if locked is not None:
-        await _pin_failed(session, kiosk, prop, unit, label, "locked_out", "online", now)
-        ends = locked + timedelta(minutes=rules.pin_lockout_minutes)
-        return PinDecision(False, "locked_out", [], max(1, math.ceil((ends - now).total_seconds())))
-    candidates: list[Parcel] = []
-    if unit is not None and pin.isdigit() and len(pin) == PIN_DIGITS:
-        statement = select(Parcel).where(
-            Parcel.kiosk_id == kiosk.id,
-            Parcel.unit_id == unit.id,
-            col(Parcel.state).in_(WAITING_STATES),
-            col(Parcel.pin_nonce).is_not(None),
-        )
-        if _is_postgres(session):
-            statement = statement.with_for_update()
-        rows = (await session.exec(statement)).all()
-        key = pin_key(session)
-        for parcel in rows:
-            if key is not None and parcel.pin_nonce is not None:
-                ok = hmac.compare_digest(pin_from_nonce(key, parcel.pin_nonce), pin)
-            elif parcel.pin_hash is not None:
-                ok = await asyncio.to_thread(check_pin_hash, parcel.pin_hash, pin)
-            else:
-                ok = False
-            if ok:
-                candidates.append(parcel)
-    if not candidates:
-        await _pin_failed(session, kiosk, prop, unit, label, "wrong_pin", "online", now)
-        return PinDecision(False, "wrong_pin")
-    await _record_attempt(session, kiosk, unit, label, "granted", "online", now)
-    opened = []
-    for parcel in candidates:
-        compartment = await session.get(Compartment, parcel.compartment_id or "")
-        opened.append(
-            {
-                "id": parcel.compartment_id or "",
-                "label": compartment.label if compartment else "",
-                "parcel_id": parcel.id,
-            }
-        )
-    await _mark_all_picked_up(session, candidates, f"kiosk:{kiosk.id}", now, channel="pin")
-    return PinDecision(True, "pin_ok", opened)
-
-
-async def pin_hashes_for_kiosk(
-    session: AsyncSession, kiosk: Kiosk, now: datetime
-) -> list[dict[str, Any]]:
-    """Sync ``pin_hashes``: what the kiosk needs to check a unit + PIN offline."""
-    await _derive_pin_hashes(session, kiosk.id)
-    rows = (
-        await session.exec(
-            select(Parcel, Unit.label, Compartment.label)
-            .join(Unit, col(Unit.id) == Parcel.unit_id)
-            .join(Compartment, col(Compartment.id) == Parcel.compartment_id)
-            .where(
-                Parcel.kiosk_id == kiosk.id,
-                col(Parcel.state).in_(WAITING_STATES),
-                col(Parcel.pin_hash).is_not(None),
-            )
-            .order_by(col(Parcel.id))
-        )
-    ).all()
-    entries = []
-    for parcel, unit_label, compartment_label in rows:
-        alg, n, r, p, salt, digest = (parcel.pin_hash or "").split("$")
-        entries.append(
-            {
-                "parcel_id": parcel.id,
-                "unit": unit_label,
-                "unit_id": parcel.unit_id,
-                "compartment_id": parcel.compartment_id,
-                "compartment_label": compartment_label,
-                "alg": alg,
-                "n": int(n),
-                "r": int(r),
-                "p": int(p),
-                "salt": salt,
-                "hash": digest,
-                "pin_hash": parcel.pin_hash,
-            }
-        )
-    return entries
-
-
-# ---------------------------------------------------------------------------------------------
-# Kiosk journal: offline intake and offline PIN pickups
-
-
-def _entry_data(entry: Any) -> dict[str, Any]:
-    data = getattr(entry, "data", None)
-    return data if isinstance(data, dict) else {}
-
-
-def _parse_time(value: Any, default: datetime) -> datetime:
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return default
-        if parsed.tzinfo is not None:
-            return parsed
-    return default
-
-
-async def _conflict(
-    session: AsyncSession, kiosk: Kiosk, reason: str, at: datetime, **payload: Any
-) -> None:
-    await record_event(
-        session,
-        property_id=kiosk.property_id,
-        type="parcel.conflict",
-        actor=f"kiosk:{kiosk.id}",
-        subject=f"parcel:{payload['parcel_id']}"
-        if payload.get("parcel_id")
-        else f"kiosk:{kiosk.id}",
-        payload={"kiosk_id": kiosk.id, "reason": reason, **payload},
-        occurred_at=at,
-        notify=True,
-    )
-
-
-async def _ingest_offline_deposit(
-    session: AsyncSession, kiosk: Kiosk, entry: Any, now: datetime
-) -> None:
-    """``parcel.deposited_offline``: the kiosk assigned from its synced free list while offline.
-
-    data: {carrier, tracking, unit, size, compartment_id, closed_at?}. Reconciled here; when
-    the server gave that compartment to another parcel meanwhile (or the unit or compartment
-    is unknown) the parcel is recorded without a compartment and staff get ``parcel.conflict``.
-    """
-    data = _entry_data(entry)
-    occurred = min(_parse_time(getattr(entry, "occurred_at", None), now), now)
-    at = min(_parse_time(data.get("closed_at"), occurred), now)
-    carrier = str(data.get("carrier") or "").strip()[:64] or "unknown"
-    tracking = str(data.get("tracking") or "").strip()
-    size = str(data.get("size") or "")
-    unit_label = str(data.get("unit") or "")
-    compartment_id = str(data.get("compartment_id") or "")
-    base = {"tracking": tracking, "unit": unit_label, "compartment_id": compartment_id}
-    if not tracking or len(tracking) > 64 or size not in SIZE_RANK:
-        await _conflict(session, kiosk, "invalid_entry", at, **base)
-        return
-    unit = await find_unit(session, kiosk.property_id, unit_label) if unit_label else None
-    if unit is None:
-        await _conflict(session, kiosk, "unknown_unit", at, **base)
-        return
-    statement = select(Compartment).where(Compartment.id == compartment_id)
-    if _is_postgres(session):
-        statement = statement.with_for_update()
-    compartment = (await session.exec(statement)).first() if compartment_id else None
-    if compartment is None or compartment.kiosk_id != kiosk.id:
-        await _conflict(session, kiosk, "foreign_compartment", at, **base)
-        return
-    existing = await _existing(session, kiosk.id, tracking)
-    if existing is not None and existing.state != "cancelled":
-        if existing.state != "assigned":
-            return  # already known: a re-uploaded or duplicate entry
-        if existing.compartment_id == compartment.id:
-            await confirm_deposit(session, kiosk, existing, at, now)
-            return
-        # Reserved online in one compartment, then deposited offline in another: the parcel is
-        # where the kiosk says; the first reservation is released.
-        await _release(session, existing.compartment_id)
-        existing.compartment_id = None
-        session.add(existing)
-        await session.flush()
-    holder = (
-        await session.exec(
-            select(Parcel).where(
-                Parcel.compartment_id == compartment.id, col(Parcel.state).in_(ACTIVE_STATES)
-            )
-        )
-    ).first()
-    parcel = existing or Parcel(
-        property_id=kiosk.property_id,
-        kiosk_id=kiosk.id,
-        unit_id=unit.id,
-        carrier=carrier,
-        tracking=tracking,
-        size=size,
-        created_by=f"kiosk:{kiosk.id}",
-        created_at=at,
-    )
-    parcel.unit_id, parcel.carrier, parcel.size, parcel.offline = unit.id, carrier, size, True
-    parcel.cancelled_at = None
-    if (
-        holder is not None
-        or compartment.purpose != "parcel"
-        or compartment.state == "out_of_service"
-    ):
-        parcel.state = "announced"
-        parcel.compartment_id = None
-        parcel.location = f"compartment {compartment.label} (conflict)"
-        session.add(parcel)
-        await session.flush()
-        await _conflict(
-            session,
-            kiosk,
-            "compartment_taken",
-            at,
-            parcel_id=parcel.id,
-            other_parcel_id=holder.id if holder else None,
-            unit_id=unit.id,
-            **base,
-        )
-        return
-    compartment.state = "occupied"
-    session.add(compartment)
-    parcel.state = "deposited"
-    parcel.compartment_id = compartment.id
-    parcel.assigned_at = at
-    parcel.deposited_at = at
-    await _assign_pin(session, parcel)
-    session.add(parcel)
-    await session.flush()
-    await _parcel_event(
-        session,
-        parcel,
-        "parcel.deposited",
-        f"kiosk:{kiosk.id}",
-        notify=True,
-        occurred_at=at,
-        deposited_at=at.isoformat(),
-        offline=True,
-        pickup="app credential or the unit's PIN at the kiosk",
-    )
-
-
-async def _ingest_pin_pickup(
-    session: AsyncSession, kiosk: Kiosk, entry: Any, now: datetime
-) -> None:
-    """``pin.pickup``: a PIN checked offline. data: {unit, granted, reason, parcel_ids}."""
-    data = _entry_data(entry)
-    at = min(_parse_time(getattr(entry, "occurred_at", None), now), now)
-    label = _normal_label(str(data.get("unit") or ""))[:32]
-    unit = await find_unit(session, kiosk.property_id, label) if label else None
-    prop = await session.get(Property, kiosk.property_id)
-    assert prop is not None
-    if not data.get("granted"):
-        reason = "locked_out" if data.get("reason") == "locked_out" else "wrong_pin"
-        await _pin_failed(session, kiosk, prop, unit, label, reason, "offline", at)
-        return
-    await _record_attempt(session, kiosk, unit, label, "granted", "offline", at)
-    picked: list[Parcel] = []
-    ids = list(dict.fromkeys(str(i) for i in (data.get("parcel_ids") or [])[:20]))
-    for parcel_id in ids:
-        statement = select(Parcel).where(Parcel.id == parcel_id)
-        if _is_postgres(session):
-            statement = statement.with_for_update()
-        parcel = (await session.exec(statement)).first()
-        if (
-            parcel is None
-            or parcel.kiosk_id != kiosk.id
-            or unit is None
-            or parcel.unit_id != unit.id
-            or parcel.state not in WAITING_STATES
-        ):
-            continue
-        picked.append(parcel)
-    await _mark_all_picked_up(session, picked, f"kiosk:{kiosk.id}", at, channel="pin_offline")
-
-
-# ---------------------------------------------------------------------------------------------
-# Staff
-
-
-async def staff_parcel(session: AsyncSession, actor: Actor, parcel_id: str) -> Parcel:
-    return await get_in_property(session, actor, Parcel, parcel_id, label="Parcel")
-
-
-async def _staff_parcel_locked(session: AsyncSession, actor: Actor, parcel_id: str) -> Parcel:
-    parcel = await staff_parcel(session, actor, parcel_id)
-    if _is_postgres(session):
-        await session.refresh(parcel, with_for_update=True)
-    return parcel
-
-
-async def move_to_overflow(
-    session: AsyncSession, actor: Actor, parcel_id: str, location: str, now: datetime
-) -> Parcel:
-    parcel = await _staff_parcel_locked(session, actor, parcel_id)
-    if parcel.state == "overflowed":
-        return parcel
-    if parcel.state not in ("deposited", "assigned", "announced"):
-        raise errors.ParcelStateConflict(f"the parcel is {parcel.state}")
-    return await _to_office(session, parcel, f"user:{actor.user_id}", now, location=location)
-
-
-async def return_to_carrier(
-    session: AsyncSession, actor: Actor, parcel_id: str, reason: str, now: datetime
-) -> Parcel:
-    parcel = await _staff_parcel_locked(session, actor, parcel_id)
-    if parcel.state == "returned":
-        return parcel
-    if parcel.state not in ("deposited", "assigned", "announced", "overflowed"):
-        raise errors.ParcelStateConflict(f"the parcel is {parcel.state}")
-    was_in = parcel.compartment_id if parcel.state in ACTIVE_STATES else None
-    parcel.state = "returned"
-    parcel.returned_at = now
-    parcel.location = None
-    session.add(parcel)
-    await session.flush()
-    await _release(session, was_in)
-    await _parcel_event(
-        session,
-        parcel,
-        "parcel.returned",
-        f"user:{actor.user_id}",
-        notify=True,
-        occurred_at=now,
-        reason=reason,
-    )
-    return parcel
-
-
-async def hand_over(session: AsyncSession, actor: Actor, parcel_id: str, now: datetime) -> Parcel:
-    """Staff handed an office (overflowed) parcel to the resident."""
-    parcel = await _staff_parcel_locked(session, actor, parcel_id)
-    if parcel.state == "picked_up":
-        return parcel
-    if parcel.state != "overflowed":
-        raise errors.ParcelStateConflict(f"the parcel is {parcel.state}, not at the office")
-    await _mark_picked_up(session, parcel, f"user:{actor.user_id}", now, channel="office")
-    return parcel
-
-
-async def custody(session: AsyncSession, actor: Actor, parcel_id: str) -> list[Event]:
-    parcel = await staff_parcel(session, actor, parcel_id)
-    return list(
-        (
-            await session.exec(
-                select(Event)
-                .where(
-                    Event.property_id == parcel.property_id, Event.subject == f"parcel:{parcel.id}"
-                )
-                .order_by(col(Event.id))
-            )
-        ).all()
-    )
-
-
-@dataclass
-class Occupancy:
-    kiosk_id: str
-    size: str
-    occupied: int
-    total: int
-    nearly_full: bool
-
-
-async def occupancy(session: AsyncSession, property_id: str) -> list[Occupancy]:
-    rows = (
-        await session.exec(
-            select(Compartment.kiosk_id, Compartment.size, Compartment.state, func.count())
-            .join(Kiosk, col(Kiosk.id) == Compartment.kiosk_id)
-            .where(
-                Kiosk.property_id == property_id,
-                Compartment.purpose == "parcel",
-                Compartment.state != "out_of_service",
-            )
-            .group_by(col(Compartment.kiosk_id), col(Compartment.size), col(Compartment.state))
-        )
-    ).all()
-    table: dict[tuple[str, str], list[int]] = {}
-    for kiosk_id, size, state, count in rows:
-        cell = table.setdefault((kiosk_id, size), [0, 0])
-        cell[1] += int(count)
-        if state != "free":
-            cell[0] += int(count)
-    result = []
-    for (kiosk_id, size), (occupied, total) in sorted(
-        table.items(), key=lambda kv: (kv[0][0], SIZE_RANK.get(kv[0][1], 99))
-    ):
-        nearly = total > 0 and occupied / total >= NEARLY_FULL_RATIO
-        result.append(Occupancy(kiosk_id, size, occupied, total, nearly))
-    return result
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = q * (len(ordered) - 1)
-    low, high = math.floor(rank), math.ceil(rank)
-    value = ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-    return round(value, 1)
-
-
-async def weekly_report(
-    session: AsyncSession, actor: Actor, property_id: str, start: datetime | None, now: datetime
-) -> dict[str, Any]:
-    """The weekly audit: the seven days up to now, or the week from ``start``."""
-    prop = await staff_property(session, actor, property_id)
-    rules = policy_of(prop)
-    if start is None:
-        end = now
-        start = now - timedelta(days=7)
-    else:
-        end = start + timedelta(days=7)
-
-    def between(column: Any) -> Any:
-        return (col(column) >= start) & (col(column) < end)
-
-    async def count(*where: Any) -> int:
-        value = (
-            await session.exec(
-                select(func.count())
-                .select_from(Parcel)
-                .where(Parcel.property_id == property_id, *where)
-            )
-        ).one()
-        return int(value or 0)
-
-    deposits = await count(between(Parcel.deposited_at))
-    pickups = list(
-        (
-            await session.exec(
-                select(Parcel).where(
-                    Parcel.property_id == property_id,
-                    between(Parcel.picked_up_at),
-                    col(Parcel.deposited_at).is_not(None),
-                )
-            )
-        ).all()
-    )
-    minutes = [
-        (p.picked_up_at - p.deposited_at).total_seconds() / 60
-        for p in pickups
-        if p.picked_up_at and p.deposited_at
-    ]
-    cutoff = end - timedelta(days=rules.reminder_after_days)
-    waiting = (
-        await session.exec(
-            select(Parcel, Unit.label)
-            .join(Unit, col(Unit.id) == Parcel.unit_id)
-            .where(
-                Parcel.property_id == property_id,
-                col(Parcel.deposited_at) <= cutoff,
-                col(Parcel.deposited_at).is_not(None),
-                # still unclaimed at the end of the period
-                (col(Parcel.picked_up_at).is_(None)) | (col(Parcel.picked_up_at) >= end),
-                (col(Parcel.returned_at).is_(None)) | (col(Parcel.returned_at) >= end),
-                col(Parcel.state).in_(("deposited", "overflowed", "picked_up", "returned")),
-            )
-            .order_by(col(Parcel.deposited_at))
-        )
-    ).all()
-    unclaimed = [
-        {
-            "parcel_id": p.id,
-            "unit": label,
-            "days": int((end - p.deposited_at).total_seconds() // 86400) if p.deposited_at else 0,
-        }
-        for p, label in waiting
-    ]
-    failed = (
-        await session.exec(
-            select(func.count())
-            .select_from(PinAttempt)
-            .where(
-                PinAttempt.property_id == property_id,
-                col(PinAttempt.outcome) != "granted",
-                col(PinAttempt.at) >= start,
-                col(PinAttempt.at) < end,
-            )
-        )
-    ).one()
-    # Overdue alerts repeat until the key is back: count keys, not alerts.
-    keys_overdue = (
-        await session.exec(
-            select(func.count(func.distinct(Event.subject)))
-            .select_from(Event)
-            .where(
-                Event.property_id == property_id,
-                Event.type == "key.overdue",
-                col(Event.occurred_at) >= start,
-                col(Event.occurred_at) < end,
-            )
-        )
-    ).one()
-    return {
-        "period": {"start": start, "end": end},
-        "deposits": deposits,
-        "pickups": len(pickups),
-        "unclaimed": unclaimed,
-        "occupancy": [
-            {"kiosk_id": o.kiosk_id, "size": o.size, "occupied": o.occupied, "total": o.total}
-            for o in await occupancy(session, property_id)
-        ],
-        "pickup_minutes": {"p50": _percentile(minutes, 0.5), "p90": _percentile(minutes, 0.9)},
-        "failed_pin_attempts": int(failed or 0),
-        "overflow_moves": await count(between(Parcel.overflowed_at)),
-        "returns": await count(between(Parcel.returned_at)),
-        "keys_overdue": int(keys_overdue or 0),
-        "staff_minutes_saved": round(deposits * rules.minutes_per_package, 1),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Residents
-
-
-async def set_hold(
-    session: AsyncSession, actor: Actor, until: datetime | None, now: datetime
-) -> list[DeliveryHold]:
-    """Vacation hold on every unit the caller lives in: reminders pause until ``until``."""
-    unit_ids = sorted(actor.unit_ids)
-    if not unit_ids:
-        raise errors.Forbidden("only residents put deliveries on hold")
-    holds = []
-    for unit_id in unit_ids:
-        unit = await session.get(Unit, unit_id)
-        if unit is None:
-            continue
-        hold = await session.get(DeliveryHold, unit_id)
-        if until is None or until <= now:
-            if hold is not None:
-                await session.delete(hold)
-            continue
-        if hold is None:
-            hold = DeliveryHold(
-                unit_id=unit_id, property_id=unit.property_id, until=until, set_by=actor.user_id
-            )
-        hold.until, hold.set_by = until, actor.user_id
-        session.add(hold)
-        holds.append(hold)
-    await session.flush()
-    return holds
-
-
-async def holds_of(session: AsyncSession, actor: Actor, now: datetime) -> list[DeliveryHold]:
-    if not actor.unit_ids:
-        return []
-    return list(
-        (
-            await session.exec(
-                select(DeliveryHold).where(
-                    col(DeliveryHold.unit_id).in_(sorted(actor.unit_ids)),
-                    col(DeliveryHold.until) > now,
-                )
-            )
-        ).all()
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Policy jobs
-
-
-def _claim(session: AsyncSession, statement: Any) -> Any:
-    """Rows a policy job works on: locked, and skipped when another run has them (PostgreSQL);
-    two concurrent runs (the server's job and the CLI) never act twice on one parcel."""
-    if _is_postgres(session):
-        return statement.with_for_update(skip_locked=True)
-    return statement
-
-
-async def _unclaimed_since(
-    session: AsyncSession, prop: Property, marker: Any, cutoff: datetime
-) -> list[Parcel]:
-    """Deposited parcels waiting since ``cutoff`` that a job has not marked yet (``marker`` null)."""
-    rows = await session.exec(
-        _claim(session, select(Parcel)).where(
-            Parcel.property_id == prop.id,
-            Parcel.state == "deposited",
-            col(marker).is_(None),
-            col(Parcel.deposited_at) <= cutoff,
-        )
-    )
-    return list(rows.all())
-
-
-async def _reminders(
-    session: AsyncSession, runtime: Runtime, prop: Property, now: datetime
-) -> list[dict[str, Any]]:
-    """A second notification after ``reminder_after_days``, never in quiet hours or on hold."""
-    rules = policy_of(prop)
-    if policy.in_quiet_hours(prop, rules, now):
-        return []
-    held = set(
-        (
-            await session.exec(
-                select(DeliveryHold.unit_id).where(
-                    DeliveryHold.property_id == prop.id, col(DeliveryHold.until) > now
-                )
-            )
-        ).all()
-    )
-    rows = await _unclaimed_since(
-        session, prop, Parcel.reminded_at, now - timedelta(days=rules.reminder_after_days)
-    )
-    actions = []
-    for parcel in rows:
-        if parcel.unit_id in held or parcel.deposited_at is None:
-            continue
-        days = int((now - parcel.deposited_at).total_seconds() // 86400)
-        parcel.reminded_at = now
-        session.add(parcel)
-        await session.flush()
-        await _parcel_event(
-            session, parcel, "parcel.reminder", "system", notify=True, occurred_at=now, days=days
-        )
-        actions.append(
-            {
-                "action": "parcel.reminder",
-                "property_id": prop.id,
-                "parcel_id": parcel.id,
-                "unit_id": parcel.unit_id,
-                "days": days,
-            }
-        )
-    return actions
-
-
-async def _overflow_list(
-    session: AsyncSession, runtime: Runtime, prop: Property, now: datetime
-) -> list[dict[str, Any]]:
-    """Parcels unclaimed ``overflow_after_days`` go on staff's "remove to overflow" list."""
-    rules = policy_of(prop)
-    rows = await _unclaimed_since(
-        session, prop, Parcel.overflow_due_at, now - timedelta(days=rules.overflow_after_days)
-    )
-    actions = []
-    for parcel in rows:
-        parcel.overflow_due_at = now
-        session.add(parcel)
-        await session.flush()
-        await _parcel_event(
-            session,
-            parcel,
-            "parcel.overflow_due",
-            "system",
-            notify=False,
-            occurred_at=now,
-            residents_see=False,
-        )
-        actions.append(
-            {
-                "action": "parcel.overflow_due",
-                "property_id": prop.id,
-                "parcel_id": parcel.id,
-                "unit_id": parcel.unit_id,
-            }
-        )
-    return actions
-
-
-async def _expire_reservations(
-    session: AsyncSession, runtime: Runtime, prop: Property, now: datetime
-) -> list[dict[str, Any]]:
-    """A door that never closed: the reservation is released after ``RESERVATION_MINUTES``."""
-    cutoff = now - timedelta(minutes=RESERVATION_MINUTES)
-    rows = (
-        await session.exec(
-            _claim(session, select(Parcel)).where(
-                Parcel.property_id == prop.id,
-                Parcel.state == "assigned",
-                col(Parcel.assigned_at) <= cutoff,
-            )
-        )
-    ).all()
-    actions = []
-    for parcel in rows:
-        await _cancel(session, parcel, "system", now, "door_never_closed")
-        actions.append(
-            {"action": "parcel.cancelled", "property_id": prop.id, "parcel_id": parcel.id}
-        )
-    return actions
-
-
-def _register() -> None:
-    for job in (_expire_reservations, _reminders, _overflow_list):
-        if job not in policy.POLICY_JOBS:
-            policy.POLICY_JOBS.append(job)
-    try:
-        from backend.services import journal
-    except ImportError:  # the credentials feature is not installed
-        return
-    journal.JOURNAL_HANDLERS["parcel.deposited_offline"] = _ingest_offline_deposit
-    journal.JOURNAL_HANDLERS["pin.pickup"] = _ingest_pin_pickup
-    if _on_credential_redeemed not in journal.REDEMPTION_HOOKS:
-        journal.REDEMPTION_HOOKS.append(_on_credential_redeemed)
-
-
-_register()

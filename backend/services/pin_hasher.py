@@ -6,7 +6,7 @@ it sat on the path from the door closing to the resident's phone (and, on SQLite
 write lock). The deposit now only draws the PIN's nonce; this job hashes new PINs one at a time
 **outside any transaction** (short read, hash in a thread, short conditional write), so it never
 holds a lock while it computes. A kiosk that syncs before the job got to its PIN gets the hash
-derived on the spot (``parcels.pin_hashes_for_kiosk``), so sync never misses one.
+derived on the spot (``parcel_pins.pin_hashes_for_kiosk``), so sync never misses one.
 
 It runs in servers with background jobs and in ``concierge worker``; across all of those
 processes exactly one runs the job at a time (the ``pin_hashes`` job lease,

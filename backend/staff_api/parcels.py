@@ -28,7 +28,7 @@ from backend.parcel_views import (
 )
 from backend.problems import responses
 from backend.scoping import staff_property
-from backend.services import parcels
+from backend.services import parcel_staff, parcels
 
 Id = Annotated[str, Parameter(max_length=32)]
 Limit = Annotated[int, Parameter(ge=1, le=200)]
@@ -156,7 +156,7 @@ async def office_intake(
 )
 async def get_parcel(parcel_id: Id, actor: ActorDep, session: SessionDep) -> ParcelView:
     return await parcel_view(
-        session, await parcels.staff_parcel(session, actor, parcel_id), show_pin=True
+        session, await parcel_staff.staff_parcel(session, actor, parcel_id), show_pin=True
     )
 
 
@@ -168,7 +168,7 @@ async def get_parcel(parcel_id: Id, actor: ActorDep, session: SessionDep) -> Par
 async def parcel_custody(
     parcel_id: Id, actor: ActorDep, session: SessionDep
 ) -> Page[CustodyEventView]:
-    return Page(custody_views(await parcels.custody(session, actor, parcel_id)), None)
+    return Page(custody_views(await parcel_staff.custody(session, actor, parcel_id)), None)
 
 
 @post(
@@ -184,7 +184,7 @@ async def move_to_overflow(
     data: JSONBody[OverflowMove | None] = None,
 ) -> ParcelView:
     location = data.location if data is not None else "office"
-    parcel = await parcels.move_to_overflow(session, actor, parcel_id, location, utcnow())
+    parcel = await parcel_staff.move_to_overflow(session, actor, parcel_id, location, utcnow())
     return await parcel_view(session, parcel, show_pin=True)
 
 
@@ -201,7 +201,7 @@ async def return_parcel(
     data: JSONBody[ReturnToCarrier | None] = None,
 ) -> ParcelView:
     reason = data.reason if data is not None else "unclaimed"
-    parcel = await parcels.return_to_carrier(session, actor, parcel_id, reason, utcnow())
+    parcel = await parcel_staff.return_to_carrier(session, actor, parcel_id, reason, utcnow())
     return await parcel_view(session, parcel, show_pin=True)
 
 
@@ -212,7 +212,7 @@ async def return_parcel(
     responses=responses(errors.NotFound, errors.ParcelStateConflict),
 )
 async def hand_over(parcel_id: Id, actor: ActorDep, session: SessionDep) -> ParcelView:
-    parcel = await parcels.hand_over(session, actor, parcel_id, utcnow())
+    parcel = await parcel_staff.hand_over(session, actor, parcel_id, utcnow())
     return await parcel_view(session, parcel, show_pin=True)
 
 
@@ -223,7 +223,7 @@ async def hand_over(parcel_id: Id, actor: ActorDep, session: SessionDep) -> Parc
 )
 async def occupancy(property_id: Id, actor: ActorDep, session: SessionDep) -> OccupancyReportView:
     await staff_property(session, actor, property_id)
-    cells = await parcels.occupancy(session, property_id)
+    cells = await parcel_staff.occupancy(session, property_id)
     names = {
         k.id: k.name
         for k in (await session.exec(select(Kiosk).where(Kiosk.property_id == property_id))).all()
@@ -296,7 +296,7 @@ async def weekly_report(
             raise errors.ValidationFailed("start must be an ISO date or date-time") from None
         if begin.tzinfo is None:
             begin = begin.replace(tzinfo=UTC)
-    report = await parcels.weekly_report(session, actor, property_id, begin, utcnow())
+    report = await parcel_staff.weekly_report(session, actor, property_id, begin, utcnow())
     if format == "csv":
         return Response(_csv(report), media_type="text/csv")
     return Response(msgspec.convert(report, WeeklyReportView))
