@@ -121,6 +121,15 @@ async def _labels(session: AsyncSession, event: Event) -> dict[str, str]:
     return labels
 
 
+async def _load_events(session: AsyncSession, ids: list[int | None]) -> dict[int, Event]:
+    """A round's events in one query (a notification's event is read once per phase)."""
+    wanted = sorted({i for i in ids if i is not None})
+    if not wanted:
+        return {}
+    found = (await session.exec(select(Event).where(col(Event.id).in_(wanted)))).all()
+    return {event.id: event for event in found if event.id is not None}
+
+
 class Dispatcher:
     """One worker's view of the push outbox; many may run against one database."""
 
@@ -151,13 +160,16 @@ class Dispatcher:
                     )
                 ).all()
             )
+            events = await _load_events(session, [row.event_id for row in rows])
             for row in rows:
-                await self._expand_one(session, row, now)
+                event = events.get(row.event_id) if row.event_id is not None else None
+                await self._expand_one(session, row, event, now)
             return len(rows)
 
-    async def _expand_one(self, session: AsyncSession, row: Outbox, now: datetime) -> None:
+    async def _expand_one(
+        self, session: AsyncSession, row: Outbox, event: Event | None, now: datetime
+    ) -> None:
         assert row.id is not None
-        event = await session.get(Event, row.event_id) if row.event_id is not None else None
         template = messages.TEMPLATES.get(event.type) if event is not None else None
         row.attempts += 1
         row.done_at = now
@@ -252,6 +264,7 @@ class Dispatcher:
                     .order_by(col(PushDelivery.id))
                 )
             ).all()
+            events = await _load_events(session, [delivery.event_id for delivery, _ in rows])
             claims: list[Claim] = []
             notices: dict[int, messages.Notice] = {}
             cancelled: set[int] = set()
@@ -270,7 +283,7 @@ class Dispatcher:
                     continue
                 assert device.push_token is not None
                 if delivery.event_id not in notices:
-                    event = await session.get(Event, delivery.event_id)
+                    event = events.get(delivery.event_id)
                     if event is None or event.type not in messages.TEMPLATES:
                         delivery.state, delivery.last_error = "cancelled", "no_template"
                         delivery.done_at, delivery.lease_until = now, None
@@ -396,29 +409,40 @@ class Dispatcher:
     async def _settle(self, session: AsyncSession, outbox_ids: set[int], now: datetime) -> None:
         """Set each notification's overall state once none of its deliveries is pending.
 
-        The outbox row is locked first (in id order), so two workers finishing the last two
-        deliveries of one notification at once cannot both miss the other's result.
+        The outbox rows are locked first (in id order), so two workers finishing the last two
+        deliveries of one notification at once cannot both miss the other's result. One query
+        locks them and one counts their deliveries' states, for the whole round.
         """
-        for outbox_id in sorted(outbox_ids):
-            row = (
-                await session.exec(select(Outbox).where(Outbox.id == outbox_id).with_for_update())
-            ).first()
-            if row is None or row.state != "delivering":
-                continue
-            counts = dict(
-                (
-                    await session.exec(
-                        select(PushDelivery.state, func.count())
-                        .where(PushDelivery.outbox_id == outbox_id)
-                        .group_by(col(PushDelivery.state))
-                    )
-                ).all()
+        if not outbox_ids:
+            return
+        rows = (
+            await session.exec(
+                select(Outbox)
+                .where(col(Outbox.id).in_(sorted(outbox_ids)))
+                .order_by(col(Outbox.id))
+                .with_for_update()
             )
-            if counts.get("pending"):
+        ).all()
+        delivering = [row for row in rows if row.state == "delivering"]
+        if not delivering:
+            return
+        counts: dict[int, dict[str, int]] = {}
+        for outbox_id, state, count in (
+            await session.exec(
+                select(PushDelivery.outbox_id, PushDelivery.state, func.count())
+                .where(col(PushDelivery.outbox_id).in_([row.id for row in delivering]))
+                .group_by(col(PushDelivery.outbox_id), col(PushDelivery.state))
+            )
+        ).all():
+            counts.setdefault(outbox_id, {})[state] = count
+        for row in delivering:
+            assert row.id is not None
+            states = counts.get(row.id, {})
+            if states.get("pending"):
                 continue
-            if counts.get("failed"):
+            if states.get("failed"):
                 row.state, row.last_error = "failed", "retries_exhausted"
-            elif counts.get("sent"):
+            elif states.get("sent"):
                 row.state, row.last_error = "sent", None
             else:
                 row.state, row.last_error = "failed", "no_device_reached"

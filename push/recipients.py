@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, or_
+from sqlalchemy import ColumnElement, exists, or_
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -37,9 +38,19 @@ async def recipients(session: AsyncSession, event: Event, template: Template) ->
         conditions.append(col(Membership.role) == "staff")
     if not conditions:
         return []
+    staff = aliased(Membership)
+    is_staff = (
+        exists()
+        .where(
+            col(staff.user_id) == col(Membership.user_id),
+            col(staff.property_id) == event.property_id,
+            col(staff.role) == "staff",
+        )
+        .correlate(Membership)
+    )
     rows = (
         await session.exec(
-            select(Membership.user_id, Membership.role)
+            select(Membership.user_id, is_staff)
             .join(User, col(User.id) == col(Membership.user_id))
             .where(
                 col(Membership.property_id) == event.property_id,
@@ -48,18 +59,7 @@ async def recipients(session: AsyncSession, event: Event, template: Template) ->
             )
         )
     ).all()
-    staff_ids = {
-        user_id
-        for user_id, role in (
-            await session.exec(
-                select(Membership.user_id, Membership.role).where(
-                    col(Membership.property_id) == event.property_id,
-                    col(Membership.role) == "staff",
-                    col(Membership.user_id).in_({user_id for user_id, _ in rows}),
-                )
-            )
-        ).all()
-    }
+    staff_ids = {user_id for user_id, staff_member in rows if staff_member}
     return [Recipient(user_id, user_id in staff_ids) for user_id in sorted({u for u, _ in rows})]
 
 
