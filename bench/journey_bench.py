@@ -18,7 +18,8 @@ and then, driven by real clients (HTTP, websockets, the kiosk package):
    ``parcel.deposited`` per parcel of theirs; every outbox row ends sent, failed or skipped.
 
 Prints one JSON document per backend. ``BENCH_QUICK=1`` runs a small version (smoke test);
-``BENCH_BACKENDS=sqlite`` (or ``postgres+redis``) runs one backend only.
+``BENCH_BACKENDS=sqlite`` (or ``postgres+redis``) runs one backend only; ``BENCH_RATE=20`` paces
+the deliveries at another rate (to see the latency below saturation; the target is judged at 50).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from tests.processes import ServerProcess, WorkerProcess, run_cli
 RESIDENTS = 12 if QUICK else 40
 KIOSKS = 2 if QUICK else 4
 PARCELS = 40 if QUICK else 300
-RATE = 50.0  # deliveries per second in the paced phase (the issue's target rate)
+RATE = float(os.environ.get("BENCH_RATE", "50"))  # deliveries per second, paced (target: 50)
 LOW_RATE, LOW_PARCELS = 5.0, (10 if QUICK else 30)  # the same path without queueing
 ROUNDS = 2 if QUICK else 5
 PER_BURST = 40 if QUICK else 200
@@ -60,6 +61,9 @@ PICKUP_CONCURRENCY = 8
 # falls behind. Requests beyond the cap wait on a semaphore instead, which still counts in
 # their latency, as a queue at the pool would.
 CLIENT_CONNECTIONS = 64
+# Outbox rows in these states are done: delivered (sent), visibly failed, or with nobody to
+# reach (skipped). "pending" and "delivering" (push deliveries still due) are not.
+SETTLED_OUTBOX_STATES = {"sent", "failed", "skipped"}
 
 
 @dataclass
@@ -433,7 +437,7 @@ async def nothing_lost(setup: Setup, delivered: list[tuple[str, Resident, int]])
             per_tracking = {tracking: (n, state) for tracking, n, state in rows}
             await conn.commit()
         deadline = time.monotonic() + 60
-        while (states := await pending_outbox(engine)).get("pending"):
+        while set(states := await pending_outbox(engine)) - SETTLED_OUTBOX_STATES:
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
@@ -465,7 +469,7 @@ async def nothing_lost(setup: Setup, delivered: list[tuple[str, Resident, int]])
         "residents_with_exactly_their_events": len(setup.residents) - mismatched,
         "residents": len(setup.residents),
         "outbox": states,
-        "outbox_all_delivered_or_visibly_failed": not states.get("pending"),
+        "outbox_all_delivered_or_visibly_failed": not set(states) - SETTLED_OUTBOX_STATES,
     }
 
 
@@ -543,8 +547,10 @@ async def run_backend(backend: str, root: Path) -> dict[str, Any]:
             "targets": {
                 "issuance_at_least_30pct_of_bare": {"ratio": ratio, "met": ratio >= 0.30},
                 "deposit_to_websocket_p99_under_50ms_at_50_per_s": {
+                    "offered_per_second": RATE,
                     "p99_ms": p99,
-                    "met": p99 < 50.0,
+                    # only a run at the target rate (the default) can meet it
+                    "met": RATE >= 50.0 and p99 < 50.0,
                 },
             },
         }

@@ -48,6 +48,9 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
             report = await dispatcher.drain()
             print(json.dumps(report.as_dict(), sort_keys=True), flush=True)
             return 0
+        from backend import gc_tuning
+
+        gc_tuning.tune_for_long_running_process()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

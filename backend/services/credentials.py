@@ -47,12 +47,14 @@ async def _check_not_revoked(
     """A user revoked at a property gets nothing there while the revocation is in force."""
     live = (
         await session.exec(
-            select(Revocation.id).where(
+            select(Revocation.id)
+            .where(
                 Revocation.kind == "user",
                 Revocation.match == user_id,
                 col(Revocation.property_id).in_(property_ids),
                 col(Revocation.expires_at) > now,
             )
+            .limit(1)
         )
     ).first()
     if live is not None:

@@ -525,7 +525,9 @@ async def _maybe_end_visit(session: AsyncSession, key: KeyItem, actor: str, now:
         return
     still_out = (
         await session.exec(
-            select(KeyItem.id).where(KeyItem.work_order_id == wo.id, KeyItem.state == "checked_out")
+            select(KeyItem.id)
+            .where(KeyItem.work_order_id == wo.id, KeyItem.state == "checked_out")
+            .limit(1)
         )
     ).first()
     if still_out is None:

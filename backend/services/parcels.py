@@ -550,13 +550,15 @@ async def assign_pin(session: AsyncSession, parcel: Parcel) -> None:
         return
     sibling = (
         await session.exec(
-            select(Parcel).where(
+            select(Parcel)
+            .where(
                 Parcel.kiosk_id == parcel.kiosk_id,
                 Parcel.unit_id == parcel.unit_id,
                 col(Parcel.state).in_(WAITING_STATES),
                 col(Parcel.pin_nonce).is_not(None),
                 Parcel.id != parcel.id,
             )
+            .limit(1)
         )
     ).first()
     if sibling is not None:

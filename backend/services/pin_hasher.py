@@ -4,8 +4,9 @@ Why a background job: the slow hash (scrypt, about 40 ms of CPU) is what a kiosk
 typed PIN against while offline, but nobody waits for it at deposit time, and inside the deposit
 it sat on the path from the door closing to the resident's phone (and, on SQLite, under the
 write lock). The deposit now only draws the PIN's nonce; this job hashes new PINs one at a time
-**outside any transaction** (short read, hash in a thread, short conditional write), so it never
-holds a lock while it computes. A kiosk that syncs before the job got to its PIN gets the hash
+**outside any transaction** (short read, hash on the lowest-priority thread of ``idle_cpu``,
+short conditional write), so it never holds a lock while it computes and never takes the CPU from
+a request. A kiosk that syncs before the job got to its PIN gets the hash
 derived on the spot (``parcel_pins.pin_hashes_for_kiosk``), so sync never misses one.
 
 It runs in servers with background jobs and in ``concierge worker``; across all of those
@@ -22,6 +23,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import col, select
 
+from backend import idle_cpu
 from backend.models import Parcel
 from backend.runtime import Runtime
 from backend.services import parcels, policy
@@ -53,7 +55,7 @@ async def derive_pending(runtime: Runtime, limit: int = BATCH) -> int:
     for nonce in nonces:
         if nonce is None:
             continue
-        digest = await asyncio.to_thread(parcels.hash_pin, parcels.pin_from_nonce(key, nonce))
+        digest = await idle_cpu.run(parcels.hash_pin, parcels.pin_from_nonce(key, nonce))
         async with runtime.db.session() as session:
             await session.exec(  # type: ignore[call-overload]
                 update(Parcel)

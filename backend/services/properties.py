@@ -181,7 +181,7 @@ async def remove_member(
         )
     )
     remaining = (
-        await session.exec(select(Membership).where(Membership.user_id == user_id))
+        await session.exec(select(Membership).where(Membership.user_id == user_id).limit(1))
     ).first()
     if remaining is None:
         await revoke_user_sessions(session, user_id, now)

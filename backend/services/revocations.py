@@ -103,12 +103,14 @@ async def revoke(
     expires_at = max(latest or now, now) + skew
     existing = (
         await session.exec(
-            select(Revocation).where(
+            select(Revocation)
+            .where(
                 Revocation.property_id == property_id,
                 Revocation.kind == kind,
                 Revocation.match == match,
                 col(Revocation.expires_at) >= expires_at,
             )
+            .limit(1)
         )
     ).first()
     revoked = await _mark_revoked(

@@ -590,12 +590,14 @@ async def _remind(
         return []
     sent = (
         await session.exec(
-            select(Event.id).where(
+            select(Event.id)
+            .where(
                 Event.property_id == wo.property_id,
                 Event.type == "work_order.starting",
                 Event.subject == f"work_order:{wo.id}",
                 col(Event.occurred_at) >= upcoming.starts_at - REMINDER_LEAD,
             )
+            .limit(1)
         )
     ).first()
     if sent is not None:
@@ -636,9 +638,9 @@ async def close_finished_visits(
             continue
         keys_out = (
             await session.exec(
-                select(KeyItem.id).where(
-                    KeyItem.work_order_id == wo.id, KeyItem.state == "checked_out"
-                )
+                select(KeyItem.id)
+                .where(KeyItem.work_order_id == wo.id, KeyItem.state == "checked_out")
+                .limit(1)
             )
         ).first()
         if keys_out is not None:
