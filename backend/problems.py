@@ -177,8 +177,14 @@ exception_handlers: dict[type[Exception] | int, Any] = {
 
 
 def responses(*extra: type[errors.ConciergeError], auth: bool = True) -> dict[int, ResponseSpec]:
-    """OpenAPI ``responses`` for a handler: validation, auth, internal, plus its domain errors."""
-    by_status: dict[int, list[str]] = {400: ["validation_error"], 500: ["internal_error"]}
+    """OpenAPI ``responses`` for a handler: validation, auth, internal, outage, plus its domain
+    errors."""
+    by_status: dict[int, list[str]] = {
+        400: ["validation_error"],
+        500: ["internal_error"],
+        # Every operation reaches the database: an outage answers this, with Retry-After.
+        503: ["service_unavailable"],
+    }
     if auth:
         by_status[401] = ["not_authenticated", "invalid_token", "token_expired"]
         by_status[403] = ["forbidden"]

@@ -1,7 +1,7 @@
 """The OpenAPI document is one a phone developer can build a client from.
 
 Walks ``/schema/openapi.json``: every operation has a summary and a unique operationId, lists
-its 4xx errors as ``application/problem+json``, request bodies refuse unknown fields in the
+its 4xx errors, 500 and 503 as ``application/problem+json``, request bodies refuse unknown fields in the
 schema too, and security is declared exactly where authentication is needed (checked by
 calling every operation without credentials).
 """
@@ -88,6 +88,8 @@ def test_errors_are_documented_as_problem_json(api: tuple[TestClient[Any], dict[
             problems.append(f"{label}: no 4xx response documented")
         if "500" not in errors:
             problems.append(f"{label}: no 500 documented")
+        if "503" not in errors:  # a database outage is answered 503 by every operation
+            problems.append(f"{label}: no 503 documented")
         for code, spec in errors.items():
             content = spec.get("content", {})
             if list(content) != [PROBLEM_JSON]:

@@ -388,6 +388,10 @@ async def intake(
                 await session.flush()
         except IntegrityError:
             # Another delivery took the compartment, or the same tracking was scanned twice.
+            if not is_postgres(session):
+                # Cannot happen under SQLite's write lock; if it ever does, the transaction
+                # (no savepoint there) is spoiled: the kiosk retries (503) and finds the parcel.
+                raise errors.ServiceUnavailable("the delivery raced another; try again") from None
             existing = await existing_parcel(session, kiosk.id, tracking)
             if existing is not None and existing.state != "cancelled":
                 compartment = (
