@@ -25,15 +25,14 @@ from backend.services.parcel_pins import pin_failed, record_pin_attempt
 from backend.services.parcels import (
     SIZE_RANK,
     WAITING_STATES,
-    assign_pin,
     confirm_deposit,
     existing_parcel,
     find_unit,
     is_postgres,
     mark_all_picked_up,
+    mark_deposited,
     normal_label,
     on_credential_redeemed,
-    parcel_event,
     release_compartment,
 )
 
@@ -156,26 +155,9 @@ async def _ingest_offline_deposit(
             **base,
         )
         return
-    compartment.state = "occupied"
-    session.add(compartment)
-    parcel.state = "deposited"
     parcel.compartment_id = compartment.id
     parcel.assigned_at = at
-    parcel.deposited_at = at
-    await assign_pin(session, parcel)
-    session.add(parcel)
-    await session.flush()
-    await parcel_event(
-        session,
-        parcel,
-        "parcel.deposited",
-        f"kiosk:{kiosk.id}",
-        notify=True,
-        occurred_at=at,
-        deposited_at=at.isoformat(),
-        offline=True,
-        pickup="app credential or the unit's PIN at the kiosk",
-    )
+    await mark_deposited(session, kiosk, parcel, compartment, at, offline=True)
 
 
 async def _ingest_pin_pickup(

@@ -619,10 +619,24 @@ async def confirm_deposit(
     when = now if closed_at is None else min(closed_at, now)
     if parcel.assigned_at is not None and when < parcel.assigned_at:
         when = parcel.assigned_at
+    compartment = await session.get(Compartment, parcel.compartment_id)
+    await mark_deposited(session, kiosk, parcel, compartment, when)
+    return parcel
+
+
+async def mark_deposited(
+    session: AsyncSession,
+    kiosk: Kiosk,
+    parcel: Parcel,
+    compartment: Compartment | None,
+    when: datetime,
+    *,
+    offline: bool = False,
+) -> None:
+    """The door closed on ``parcel`` in ``compartment`` (online, or from the kiosk's journal):
+    the parcel waits there with its unit's PIN, and the unit is told."""
     # The PIN first: its sibling query would otherwise flush the changes below one by one.
     await assign_pin(session, parcel)
-    with session.no_autoflush:  # the parcel is written once, below
-        compartment = await session.get(Compartment, parcel.compartment_id)
     if compartment is not None:
         compartment.state = "occupied"
         session.add(compartment)
@@ -639,8 +653,8 @@ async def confirm_deposit(
         occurred_at=when,
         deposited_at=when.isoformat(),
         pickup="app credential or the unit's PIN at the kiosk",
+        **({"offline": True} if offline else {}),
     )
-    return parcel
 
 
 async def cancel_delivery(
