@@ -56,6 +56,21 @@ def create_engine(database_url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
+def _read_only_engine(database_url: str) -> AsyncEngine:
+    """Inline SQLite connections in autocommit mode without the write lock, refusing writes."""
+    path = make_url(database_url).database or ":memory:"
+    engine = create_async_engine(database_url, async_creator=sqlite_inline.connector(path))
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    event.listen(engine.sync_engine, "connect", pragmas)
+    return engine
+
+
 # One queue per database file and event loop, shared by every engine of the process.
 _write_locks: dict[str, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
 
@@ -128,6 +143,7 @@ class Database:
         self.settings = settings
         self.engine = create_engine(settings.database_url)
         self.sessions = sessionmaker(self.engine)
+        self._read_engine: AsyncEngine | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -144,8 +160,34 @@ class Database:
                 await session.rollback()
                 raise
 
+    @asynccontextmanager
+    async def reads(self) -> AsyncIterator[AsyncSession]:
+        """Reads that take no lock: for background work that plans before it writes.
+
+        On SQLite every transaction of ``session`` holds the database's one write lock from
+        its first statement, so a worker that works out recipients inside one makes every
+        request of the server wait for it. Here each statement runs on its own (autocommit,
+        WAL: readers never wait and never block), so what was read may change before the
+        write: callers must write conditionally (a lease, a state check). On PostgreSQL this
+        is a plain transaction, rolled back at the end. Writes here are refused on SQLite
+        (``query_only``).
+        """
+        if not self.is_sqlite:
+            async with self.sessions() as session:
+                try:
+                    yield session
+                finally:
+                    await session.rollback()
+            return
+        if self._read_engine is None:
+            self._read_engine = _read_only_engine(self.settings.database_url)
+        async with AsyncSession(self._read_engine, expire_on_commit=False) as session:
+            yield session
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._read_engine is not None:
+            await self._read_engine.dispose()
 
 
 def keep_loaded(session: AsyncSession, *objects: object) -> None:

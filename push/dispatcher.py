@@ -2,9 +2,13 @@
 
 Invariants:
 - A notification exists only if its event committed: ``record_event`` writes the ``push``
-  Outbox row in the domain transaction. ``expand`` turns a claimed row into one
-  ``PushDelivery`` per entitled device in one short transaction (no network inside it), with
-  ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite: the write lock of ``BEGIN IMMEDIATE``).
+  Outbox row in the domain transaction. ``expand`` leases due rows (``FOR UPDATE SKIP
+  LOCKED`` on PostgreSQL, SQLite's write lock) under a fencing token and commits, works out
+  recipients from lock-free reads (``Database.reads``), then turns each row still leased to it
+  into one ``PushDelivery`` per entitled device. No transaction holds a lock while recipients
+  are worked out: on SQLite that lock is the whole database's, and the server's requests
+  would wait for it. A worker that dies mid-expansion leaves its rows to others once the lease
+  (``outbox_lease_seconds``) runs out.
 - Sending never holds a row lock. ``claim`` leases due deliveries to this worker (``lease_until``)
   under a fresh fencing token (``lease_token``) and commits; then the batch is sent; then
   ``record`` writes each outcome only where the token still holds. A worker that dies (or
@@ -27,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -69,6 +73,16 @@ class Claim:
     attempts: int
     due_at: datetime
     property_id: str = ""
+
+
+@dataclass
+class _Expansion:
+    """What one outbox row becomes: its next state and its deliveries."""
+
+    outbox_id: int
+    state: str
+    last_error: str | None
+    deliveries: list[PushDelivery] = field(default_factory=list)
 
 
 @dataclass
@@ -142,17 +156,26 @@ class Dispatcher:
         self.max_age = timedelta(seconds=settings.outbox_max_age_seconds)
         self.retry_base = max(0.0, settings.outbox_retry_base_seconds)
 
-    # -- expansion: outbox row -> deliveries (one short transaction, no network) ----------
+    # -- expansion: outbox row -> deliveries ----------------------------------------------
     async def expand(self, now: datetime) -> int:
+        """Turn due ``push`` outbox rows into deliveries, in three short steps.
+
+        Lease the rows (commit), work out who gets what from plain reads, then write each plan
+        where the lease still holds. Why not one transaction: on SQLite its first statement
+        takes the database's only write lock, and working out recipients and preferences is
+        most of a round's work, so every request of the server would wait for it.
+        """
+        token = new_id()
         async with self.runtime.db.session() as session:
-            rows = list(
+            ids = list(
                 (
                     await session.exec(
-                        select(Outbox)
+                        select(Outbox.id)
                         .where(
                             Outbox.topic == "push",
                             Outbox.state == "pending",
                             col(Outbox.next_attempt_at) <= now,
+                            (col(Outbox.lease_until).is_(None)) | (col(Outbox.lease_until) <= now),
                         )
                         .order_by(col(Outbox.id))
                         .limit(self.batch_size)
@@ -160,34 +183,73 @@ class Dispatcher:
                     )
                 ).all()
             )
+            if not ids:
+                return 0
+            await session.exec(
+                update(Outbox)
+                .where(col(Outbox.id).in_(ids))
+                .values(lease_token=token, lease_until=now + self.lease)
+                .execution_options(synchronize_session=False)
+            )
+        async with self.runtime.db.reads() as session:
+            rows = (
+                await session.exec(
+                    select(Outbox)
+                    .where(col(Outbox.id).in_(ids), Outbox.lease_token == token)
+                    .order_by(col(Outbox.id))
+                )
+            ).all()
             events = await _load_events(session, [row.event_id for row in rows])
-            for row in rows:
-                event = events.get(row.event_id) if row.event_id is not None else None
-                await self._expand_one(session, row, event, now)
-            return len(rows)
+            plans = [
+                await self._plan(
+                    session, row, events.get(row.event_id) if row.event_id else None, now
+                )
+                for row in rows
+            ]
+        async with self.runtime.db.session() as session:
+            expanded = 0
+            for plan in plans:
+                result = await session.exec(
+                    update(Outbox)
+                    .where(
+                        col(Outbox.id) == plan.outbox_id,
+                        col(Outbox.lease_token) == token,
+                        col(Outbox.state) == "pending",
+                    )
+                    .values(
+                        state=plan.state,
+                        last_error=plan.last_error,
+                        done_at=None if plan.deliveries else now,
+                        attempts=Outbox.attempts + 1,
+                        lease_token=None,
+                        lease_until=None,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount == 0:  # our lease ran out and another worker took over
+                    log.warning("push.outbox_lease_lost", extra={"outbox_id": plan.outbox_id})
+                    continue
+                session.add_all(plan.deliveries)
+                expanded += 1
+        return expanded
 
-    async def _expand_one(
+    async def _plan(
         self, session: AsyncSession, row: Outbox, event: Event | None, now: datetime
-    ) -> None:
+    ) -> _Expansion:
+        """The deliveries one outbox row becomes (none: it is skipped, and why)."""
         assert row.id is not None
         template = messages.TEMPLATES.get(event.type) if event is not None else None
-        row.attempts += 1
-        row.done_at = now
         if event is None or event.id is None or template is None:
-            row.state, row.last_error = "skipped", "no_template"
-            session.add(row)
-            return
+            return _Expansion(row.id, "skipped", "no_template")
         if now - event.recorded_at > self.max_age:
             # Nobody sent it in time (no dispatcher was running): old news is not pushed.
-            row.state, row.last_error = "skipped", "expired"
-            session.add(row)
-            return
+            return _Expansion(row.id, "skipped", "expired")
         due = now
         if template.category == "reminder":
             prop = await session.get(Property, event.property_id)
             quiet_end = preferences.quiet_hours_end(prop, now) if prop is not None else None
             due = quiet_end or now
-        created = 0
+        deliveries: list[PushDelivery] = []
         tokens: set[str] = set()  # one phone registered twice gets it once
         for person in await recipients.recipients(session, event, template):
             if not await preferences.wants_push(
@@ -198,7 +260,7 @@ class Dispatcher:
                 if device.push_token in tokens:
                     continue
                 tokens.add(device.push_token or "")
-                session.add(
+                deliveries.append(
                     PushDelivery(
                         outbox_id=row.id,
                         event_id=event.id,
@@ -213,19 +275,19 @@ class Dispatcher:
                         created_at=now,
                     )
                 )
-                created += 1
-        if created:
-            row.state, row.done_at = "delivering", None
-        else:
-            row.state, row.last_error = "skipped", "no_recipients"
-        session.add(row)
-        await session.flush()
+        if not deliveries:
+            return _Expansion(row.id, "skipped", "no_recipients")
+        return _Expansion(row.id, "delivering", None, deliveries)
 
     # -- claim: lease due deliveries under a fresh fencing token, commit --------------------
     async def claim(
         self, now: datetime, report: RoundReport
     ) -> tuple[list[Claim], dict[int, messages.Notice]]:
-        """Lease up to a batch of due deliveries; returns them with their notices by event id."""
+        """Lease up to a batch of due deliveries; returns them with their notices by event id.
+
+        The lease commits first; devices, events and labels are then read without a lock (see
+        ``expand``); only deliveries that can no longer be sent are written again.
+        """
         token = new_id()
         async with self.runtime.db.session() as session:
             ids = list(
@@ -254,41 +316,35 @@ class Dispatcher:
                     lease_until=now + self.lease,
                     attempts=PushDelivery.attempts + 1,
                 )
-                .execution_options(synchronize_session=False)  # loaded only below
+                .execution_options(synchronize_session=False)
             )
+        claims: list[Claim] = []
+        notices: dict[int, messages.Notice] = {}
+        cancelled: dict[int, tuple[int, str]] = {}  # delivery id -> (outbox id, reason)
+        refreshed: dict[int, str] = {}  # delivery id -> fingerprint of the device's token now
+        async with self.runtime.db.reads() as session:
             rows = (
                 await session.exec(
                     select(PushDelivery, Device)
                     .join(Device, col(Device.id) == col(PushDelivery.device_id))
-                    .where(col(PushDelivery.id).in_(ids))
+                    .where(col(PushDelivery.id).in_(ids), PushDelivery.lease_token == token)
                     .order_by(col(PushDelivery.id))
                 )
             ).all()
             events = await _load_events(session, [delivery.event_id for delivery, _ in rows])
-            claims: list[Claim] = []
-            notices: dict[int, messages.Notice] = {}
-            cancelled: set[int] = set()
             for delivery, device in rows:
                 assert delivery.id is not None
-                usable = (
-                    device.revoked_at is None
-                    and device.push_token is not None
-                    and device.push_token_disabled_at is None
-                )
-                if not usable:
-                    delivery.state, delivery.last_error = "cancelled", "token_disabled"
-                    delivery.done_at, delivery.lease_until = now, None
-                    session.add(delivery)
-                    cancelled.add(delivery.outbox_id)
+                if (
+                    device.revoked_at is not None
+                    or device.push_token is None
+                    or device.push_token_disabled_at is not None
+                ):
+                    cancelled[delivery.id] = (delivery.outbox_id, "token_disabled")
                     continue
-                assert device.push_token is not None
                 if delivery.event_id not in notices:
                     event = events.get(delivery.event_id)
                     if event is None or event.type not in messages.TEMPLATES:
-                        delivery.state, delivery.last_error = "cancelled", "no_template"
-                        delivery.done_at, delivery.lease_until = now, None
-                        session.add(delivery)
-                        cancelled.add(delivery.outbox_id)
+                        cancelled[delivery.id] = (delivery.outbox_id, "no_template")
                         continue
                     notices[delivery.event_id] = messages.build_notice(
                         event_id=delivery.event_id,
@@ -310,16 +366,50 @@ class Dispatcher:
                         delivery.property_id,
                     )
                 )
-                if device.push_token and fingerprint(device.push_token) != (
-                    delivery.token_fingerprint
-                ):
-                    delivery.token_fingerprint = fingerprint(device.push_token)
-                    session.add(delivery)
-            if cancelled:
-                await session.flush()
-                await self._settle(session, cancelled, now)
-        report.cancelled += sum(1 for d, _ in rows if d.state == "cancelled")
+                if fingerprint(device.push_token) != delivery.token_fingerprint:
+                    refreshed[delivery.id] = fingerprint(device.push_token)
+        if cancelled or refreshed:
+            report.cancelled += await self._mark_claimed(token, cancelled, refreshed, now)
         return claims, notices
+
+    async def _mark_claimed(
+        self,
+        token: str,
+        cancelled: dict[int, tuple[int, str]],
+        refreshed: dict[int, str],
+        now: datetime,
+    ) -> int:
+        """Cancel deliveries that cannot be sent and note the token fingerprint each other one
+        goes to, while our lease holds; how many were cancelled."""
+        ours = (col(PushDelivery.lease_token) == token, col(PushDelivery.state) == "pending")
+        async with self.runtime.db.session() as session:
+            settled: set[int] = set()
+            count = 0
+            for delivery_id, (outbox_id, reason) in cancelled.items():
+                result = await session.exec(
+                    update(PushDelivery)
+                    .where(col(PushDelivery.id) == delivery_id, *ours)
+                    .values(
+                        state="cancelled",
+                        last_error=reason,
+                        done_at=now,
+                        lease_token=None,
+                        lease_until=None,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount:
+                    count += 1
+                    settled.add(outbox_id)
+            for delivery_id, token_fingerprint in refreshed.items():
+                await session.exec(
+                    update(PushDelivery)
+                    .where(col(PushDelivery.id) == delivery_id, *ours)
+                    .values(token_fingerprint=token_fingerprint)
+                    .execution_options(synchronize_session=False)
+                )
+            await self._settle(session, settled, now)
+        return count
 
     # -- record: outcomes only where our fencing token still holds ---------------------------
     async def record(

@@ -6,10 +6,13 @@ whose token_uri is the local server) and CONCIERGE_FCM_ENDPOINT.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
+from typing import Any
 
 import firebase_admin
+import pytest
 from firebase_admin import messaging
 from litestar.testing import AsyncTestClient
 from sqlmodel import col, select
@@ -336,6 +339,104 @@ async def test_a_worker_that_lost_its_lease_cannot_overwrite_the_newer_outcome(
             await session.exec(select(Device).where(col(Device.push_token).is_not(None)))
         ).all()
         assert device.push_token_disabled_at is None  # the stale verdict was not applied
+
+
+class _PausingDispatcher(Dispatcher):
+    """A dispatcher that runs ``during`` while it works out a notification's recipients: the
+    moment a worker is slowest, or freezes, or dies."""
+
+    def __init__(self, runtime: Runtime, sender: Any, during: Any) -> None:
+        super().__init__(runtime, sender)
+        self.during = during
+
+    async def _plan(self, *args: Any, **kwargs: Any) -> Any:
+        await self.during()
+        return await super()._plan(*args, **kwargs)
+
+
+async def test_working_out_recipients_holds_no_lock_the_server_would_wait_on(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    """On SQLite one write lock covers the database: a worker expanding inside a transaction
+    would make this write (a request's, say) wait until the expansion ends, here forever."""
+    home = world.home
+    await add_device(client, home.people["resident"], "token-resident")
+    event_id = await _deposit(runtime, world)
+    written: list[int] = []
+
+    async def a_request_writes() -> None:
+        written.append(
+            await asyncio.wait_for(
+                record(runtime, property_id=home.property_id, type="door.opened"), 10
+            )
+        )
+
+    slow = _PausingDispatcher(runtime, dispatcher.sender, a_request_writes)
+    assert await slow.expand(utcnow()) >= 1
+    assert written  # it committed while the worker was between its lease and its write
+    report = await dispatcher.run_once()
+    assert report.sent == 1
+    item = await notification_for(client, home.people["staff"], home.property_id, event_id)
+    assert item["state"] == "sent"
+
+
+async def test_a_worker_that_dies_mid_expansion_leaves_the_notification_to_others(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    home = world.home
+    await add_device(client, home.people["resident"], "token-resident")
+    event_id = await _deposit(runtime, world)
+
+    async def crash() -> None:
+        raise RuntimeError("worker died")
+
+    t0 = utcnow()
+    with pytest.raises(RuntimeError):
+        await _PausingDispatcher(runtime, dispatcher.sender, crash).expand(t0)
+    assert (await dispatcher.run_once(t0)).expanded == 0  # still leased to the dead worker
+    later = t0 + timedelta(seconds=runtime.settings.outbox_lease_seconds + 1)
+    report = await dispatcher.run_once(later)
+    assert (report.expanded, report.sent) == (1, 1)
+    item = await notification_for(client, home.people["staff"], home.property_id, event_id)
+    assert item["state"] == "sent"
+    assert [r.status for r in fcm.sends()] == [200]
+
+
+async def test_a_worker_whose_expansion_lease_ran_out_adds_no_second_delivery(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    fcm: FakeFcm,
+) -> None:
+    """Worker A leases the row and freezes past its lease; B expands and sends; A wakes up."""
+    home = world.home
+    await add_device(client, home.people["resident"], "token-resident")
+    event_id = await _deposit(runtime, world)
+    t0 = utcnow()
+    later = t0 + timedelta(seconds=runtime.settings.outbox_lease_seconds + 1)
+    taken_over: list[RoundReport] = []
+
+    async def freeze_while_another_takes_over() -> None:
+        if not taken_over:
+            taken_over.append(await dispatcher.run_once(later))
+
+    frozen = _PausingDispatcher(runtime, dispatcher.sender, freeze_while_another_takes_over)
+    assert await frozen.expand(t0) == 0  # its write found the lease gone
+    assert (taken_over[0].expanded, taken_over[0].sent) == (1, 1)
+    assert (await frozen.claim(later, RoundReport()))[0] == []
+    item = await notification_for(client, home.people["staff"], home.property_id, event_id)
+    assert item["state"] == "sent"
+    assert [(d["state"], d["attempts"]) for d in item["deliveries"]] == [("sent", 1)]
+    assert [r.status for r in fcm.sends()] == [200]
 
 
 async def test_a_kiosk_deposit_through_the_api_pushes_to_the_unit(
