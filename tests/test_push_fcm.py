@@ -341,6 +341,17 @@ async def test_a_worker_that_lost_its_lease_cannot_overwrite_the_newer_outcome(
         assert device.push_token_disabled_at is None  # the stale verdict was not applied
 
 
+@pytest.fixture
+async def event_id(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    world: World,
+    runtime: Runtime,
+) -> int:
+    """A deposit for the resident of 4B, whose phone has a push token: one delivery is due."""
+    await add_device(client, world.home.people["resident"], "token-resident")
+    return await _deposit(runtime, world)
+
+
 class _PausingDispatcher(Dispatcher):
     """A dispatcher that runs ``during`` while it works out a notification's recipients: the
     moment a worker is slowest, or freezes, or dies."""
@@ -360,12 +371,11 @@ async def test_working_out_recipients_holds_no_lock_the_server_would_wait_on(
     runtime: Runtime,
     dispatcher: Dispatcher,
     fcm: FakeFcm,
+    event_id: int,
 ) -> None:
     """On SQLite one write lock covers the database: a worker expanding inside a transaction
     would make this write (a request's, say) wait until the expansion ends, here forever."""
     home = world.home
-    await add_device(client, home.people["resident"], "token-resident")
-    event_id = await _deposit(runtime, world)
     written: list[int] = []
 
     async def a_request_writes() -> None:
@@ -390,10 +400,9 @@ async def test_a_worker_that_dies_mid_expansion_leaves_the_notification_to_other
     runtime: Runtime,
     dispatcher: Dispatcher,
     fcm: FakeFcm,
+    event_id: int,
 ) -> None:
     home = world.home
-    await add_device(client, home.people["resident"], "token-resident")
-    event_id = await _deposit(runtime, world)
 
     async def crash() -> None:
         raise RuntimeError("worker died")
@@ -416,11 +425,10 @@ async def test_a_worker_whose_expansion_lease_ran_out_adds_no_second_delivery(
     runtime: Runtime,
     dispatcher: Dispatcher,
     fcm: FakeFcm,
+    event_id: int,
 ) -> None:
     """Worker A leases the row and freezes past its lease; B expands and sends; A wakes up."""
     home = world.home
-    await add_device(client, home.people["resident"], "token-resident")
-    event_id = await _deposit(runtime, world)
     t0 = utcnow()
     later = t0 + timedelta(seconds=runtime.settings.outbox_lease_seconds + 1)
     taken_over: list[RoundReport] = []
