@@ -40,8 +40,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(database_url: str) -> AsyncEngine:
-    """An async engine; SQLite runs inline (``sqlite_inline``) with WAL and foreign keys."""
+def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
+    """An async engine; SQLite runs inline (``sqlite_inline``) with WAL and foreign keys.
+
+    PostgreSQL gets a fixed pool (no overflow): connections opened past the pool under a burst
+    are closed again as they come back, so a busy server would spend its CPU (and PostgreSQL
+    its forks) connecting exactly when it is furthest behind; waiting for a pooled connection
+    is cheaper. Each connection is pinged at checkout, so a restarted server costs no request.
+    """
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         path = url.database or ":memory:"
@@ -53,7 +59,9 @@ def create_engine(database_url: str) -> AsyncEngine:
         # deadlock under concurrency; BEGIN IMMEDIATE serialises writers up front instead.
         _serialise_transactions(engine, path)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_pre_ping=True
+    )
 
 
 def _read_only_engine(database_url: str) -> AsyncEngine:
@@ -141,7 +149,7 @@ class Database:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = create_engine(settings.database_url)
+        self.engine = create_engine(settings.database_url, settings.database_pool_size)
         self.sessions = sessionmaker(self.engine)
         self._read_engine: AsyncEngine | None = None
 

@@ -27,6 +27,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: Annotated[
         str, _doc("SQLAlchemy async URL; PostgreSQL: postgresql+asyncpg://...")
     ] = "sqlite+aiosqlite:///./var/concierge.db"
+    database_pool_size: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            le=1000,
+            description="PostgreSQL connections each process keeps; requests beyond it wait"
+            " for one (none are opened and closed per burst)",
+        ),
+    ] = 10
     redis_url: Annotated[
         str | None, _doc("Redis URL for cross-process realtime fan-out; unset: in-process")
     ] = None

@@ -497,7 +497,8 @@ async def release_compartment(session: AsyncSession, compartment_id: str | None)
         return
     statement = select(Compartment).where(Compartment.id == compartment_id)
     if is_postgres(session):
-        statement = statement.with_for_update()
+        # Locked, and read afresh even if the request loaded it before taking the lock.
+        statement = statement.with_for_update().execution_options(populate_existing=True)
     compartment = (await session.exec(statement)).first()
     if compartment is not None and compartment.state in ("reserved", "occupied"):
         compartment.state = "free"
@@ -538,13 +539,23 @@ async def kiosk_parcel(session: AsyncSession, kiosk: Kiosk, parcel_id: str) -> P
     """The kiosk's own parcel (locked on PostgreSQL); another kiosk's is ``NotFound``.
 
     Read-only: the kiosk API looks a parcel up with this before changing it, so a refused
-    request has written nothing and its rejection can be recorded and committed as it is."""
-    statement = select(Parcel).where(Parcel.id == parcel_id)
+    request has written nothing and its rejection can be recorded and committed as it is.
+
+    Its compartment and unit come in the same query and stay loaded: the step that follows
+    (deposit, cancel) and its custody event read both, and would otherwise ask for each."""
+    statement = (
+        select(Parcel, Compartment, Unit)
+        .outerjoin(Compartment, col(Compartment.id) == Parcel.compartment_id)
+        .outerjoin(Unit, col(Unit.id) == Parcel.unit_id)
+        .where(Parcel.id == parcel_id)
+    )
     if is_postgres(session):
-        statement = statement.with_for_update()
-    parcel = (await session.exec(statement)).first()
-    if parcel is None or parcel.kiosk_id != kiosk.id:
+        statement = statement.with_for_update(of=Parcel)  # (the joined rows stay unlocked)
+    row = (await session.exec(statement)).first()
+    if row is None or row[0].kiosk_id != kiosk.id:
         raise errors.NotFound("Parcel not found")
+    parcel, compartment, unit = row
+    keep_loaded(session, compartment, unit)
     return parcel
 
 
