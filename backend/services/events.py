@@ -156,8 +156,39 @@ _CHAIN_HEAD = (
 # both on the first append of a transaction).
 _PREV_ID_AND_HEAD = select(select(func.max(EVENT_TABLE.c.id)).scalar_subquery(), _CHAIN_HEAD)
 _HEAD = select(_CHAIN_HEAD)
+_EVENT_COLUMNS = [c.name for c in EVENT_TABLE.columns if c.name != "id"]
+_OUTBOX_COLUMNS = [c.name for c in OUTBOX_TABLE.columns if c.name != "id"]
 _INSERT_EVENT = insert(EVENT_TABLE).returning(EVENT_TABLE.c.id)
 _INSERT_OUTBOX = insert(OUTBOX_TABLE)
+
+
+def _insert_event_and_outbox() -> Any:
+    """PostgreSQL: the event and its outbox row in one statement (a data-modifying CTE).
+
+    The append holds the deployment-wide append lock until commit, and every round trip under
+    it is one that every other appender, in every process, waits through."""
+    appended = (
+        insert(EVENT_TABLE)
+        .values({name: bindparam(name, type_=EVENT_TABLE.c[name].type) for name in _EVENT_COLUMNS})
+        .returning(EVENT_TABLE.c.id)
+        .cte("appended")
+    )
+    outbox_row = select(
+        *(
+            appended.c.id
+            if name == "event_id"
+            else bindparam(f"outbox_{name}", type_=OUTBOX_TABLE.c[name].type)
+            for name in _OUTBOX_COLUMNS
+        )
+    )
+    return (
+        insert(OUTBOX_TABLE)
+        .from_select(_OUTBOX_COLUMNS, outbox_row)
+        .returning(OUTBOX_TABLE.c.event_id)
+    )
+
+
+_INSERT_EVENT_AND_OUTBOX = _insert_event_and_outbox()
 
 
 async def record_event(
@@ -205,21 +236,21 @@ async def record_event(
     )
     event.hash = event_hash(event, prev_hash)
     row = {name: getattr(event, name) for name in _EVENT_COLUMNS}
-    event.id = (await connection.execute(_INSERT_EVENT, row)).scalar_one()
+    if notify:
+        outbox = Outbox(topic="push", event_id=0, next_attempt_at=now, created_at=now)
+        outbox_row = {name: getattr(outbox, name) for name in _OUTBOX_COLUMNS}
+    if notify and connection.dialect.name == "postgresql":
+        row.update({f"outbox_{name}": value for name, value in outbox_row.items()})
+        event.id = (await connection.execute(_INSERT_EVENT_AND_OUTBOX, row)).scalar_one()
+    else:
+        event.id = (await connection.execute(_INSERT_EVENT, row)).scalar_one()
+        if notify:
+            await connection.execute(_INSERT_OUTBOX, {**outbox_row, "event_id": event.id})
     if pending is None:
         session.info[_PENDING] = (int(prev_id), [_snapshot(event)])
     else:
         pending[1].append(_snapshot(event))
-    if notify:
-        outbox = Outbox(topic="push", event_id=event.id, next_attempt_at=now, created_at=now)
-        await connection.execute(
-            _INSERT_OUTBOX, {name: getattr(outbox, name) for name in _OUTBOX_COLUMNS}
-        )
     return event
-
-
-_EVENT_COLUMNS = [c.name for c in EVENT_TABLE.columns if c.name != "id"]
-_OUTBOX_COLUMNS = [c.name for c in OUTBOX_TABLE.columns if c.name != "id"]
 
 
 class ChainReport:

@@ -43,6 +43,7 @@ from typing import Any
 
 from sqlalchemy import case, func
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -272,11 +273,42 @@ async def _free_sizes(session: AsyncSession, kiosk_id: str) -> list[str]:
     return sorted(set(rows), key=lambda s: SIZE_RANK.get(s, 99))
 
 
+@dataclass
+class Pick:
+    """A free compartment that fits, and how full its size class was before this parcel."""
+
+    compartment: Compartment
+    occupied: int  # reserved or occupied, out-of-service ones left out
+    total: int  # in service
+
+
+def _size_class_counts() -> tuple[Any, Any]:
+    """Occupied and in-service counts of the outer compartment's size class at its kiosk,
+    as correlated subqueries: the nearly-full warning needs them, and asking in the same
+    query as the pick spares a round trip inside the write transaction."""
+    other = aliased(Compartment)
+    same_class = (
+        col(other.kiosk_id) == col(Compartment.kiosk_id),
+        col(other.purpose) == "parcel",
+        col(other.size) == col(Compartment.size),
+        col(other.state) != "out_of_service",
+    )
+    total = select(func.count()).where(*same_class).correlate(Compartment).scalar_subquery()
+    occupied = (
+        select(func.count())
+        .where(*same_class, col(other.state) != "free")
+        .correlate(Compartment)
+        .scalar_subquery()
+    )
+    return occupied, total
+
+
 async def _pick_compartment(
     session: AsyncSession, kiosk_id: str, size: str, requested: str | None
-) -> Compartment | None:
+) -> Pick | None:
     fitting = [s for s in SIZES if SIZE_RANK[s] >= SIZE_RANK[size]]
-    statement = select(Compartment).where(
+    occupied, total = _size_class_counts()
+    statement = select(Compartment, occupied, total).where(
         Compartment.kiosk_id == kiosk_id,
         Compartment.purpose == "parcel",
         Compartment.state == "free",
@@ -288,8 +320,9 @@ async def _pick_compartment(
         case(SIZE_RANK, value=Compartment.size), col(Compartment.label)
     ).limit(1)
     if is_postgres(session):
-        statement = statement.with_for_update(skip_locked=True)
-    return (await session.exec(statement)).first()
+        statement = statement.with_for_update(of=Compartment, skip_locked=True)
+    row = (await session.exec(statement)).first()
+    return None if row is None else Pick(row[0], int(row[1]), int(row[2]))
 
 
 async def existing_parcel(session: AsyncSession, kiosk_id: str, tracking: str) -> Parcel | None:
@@ -353,8 +386,8 @@ async def intake(
         )
         return Intake(await hand_to_office(session, parcel, actor, now, intake=True), None, True)
     for _ in range(5):
-        compartment = await _pick_compartment(session, kiosk.id, size, compartment_id)
-        if compartment is None:
+        pick = await _pick_compartment(session, kiosk.id, size, compartment_id)
+        if pick is None:
             free = [
                 s for s in await _free_sizes(session, kiosk.id) if SIZE_RANK[s] > SIZE_RANK[size]
             ]
@@ -363,6 +396,7 @@ async def intake(
                 + (f"; free larger sizes: {', '.join(free)}" if free else ""),
                 free_sizes=free,
             )
+        compartment = pick.compartment
         try:
             async with _race_guard(session):
                 compartment.state = "reserved"
@@ -410,29 +444,18 @@ async def intake(
             occurred_at=now,
             residents_see=False,
         )
-        await _warn_if_nearly_full(session, kiosk, compartment.size, now)
+        await _warn_if_nearly_full(
+            session, kiosk, compartment.size, pick.occupied + 1, pick.total, now
+        )
         return Intake(parcel, compartment, True)
     raise errors.ServiceUnavailable("compartments are changing too fast; try again")
 
 
 async def _warn_if_nearly_full(
-    session: AsyncSession, kiosk: Kiosk, size: str, now: datetime
+    session: AsyncSession, kiosk: Kiosk, size: str, occupied: int, total: int, now: datetime
 ) -> None:
-    """Early warning for staff when this reservation brings a size class to nearly full."""
-    rows = (
-        await session.exec(
-            select(Compartment.state, func.count())
-            .where(
-                Compartment.kiosk_id == kiosk.id,
-                Compartment.purpose == "parcel",
-                Compartment.size == size,
-                Compartment.state != "out_of_service",
-            )
-            .group_by(col(Compartment.state))
-        )
-    ).all()
-    total = sum(int(n) for _, n in rows)
-    occupied = sum(int(n) for state, n in rows if state != "free")
+    """Early warning for staff when this reservation (counted in ``occupied``) brings a size
+    class to nearly full."""
     if total == 0:
         return
     crossed = occupied / total >= NEARLY_FULL_RATIO > (occupied - 1) / total
