@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from backend.app import create_app
 from backend.migrate import upgrade
 from backend.settings import Settings
+from tests.app_client import AppClient
 from tests.databases import (
     PG_HOST,
     PG_PORT,
@@ -164,11 +164,11 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
+async def client(settings: Settings) -> AsyncIterator[AppClient]:
+    async with AppClient(app=create_app(settings)) as test_client:
         yield test_client
 
 
 @pytest.fixture
-async def world(client: AsyncTestClient, settings: Settings) -> World:  # type: ignore[type-arg]
+async def world(client: AppClient, settings: Settings) -> World:
     return await build_world(client, settings)

@@ -10,8 +10,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from litestar.testing import AsyncTestClient
 
+from tests.app_client import AppClient
 from tests.world import KioskIdentity, Person, check
 
 
@@ -26,7 +26,7 @@ def public_b64(key: Ed25519PrivateKey) -> str:
 
 
 async def register_device(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     person: Person,
 ) -> tuple[str, Ed25519PrivateKey]:
     key = Ed25519PrivateKey.generate()
@@ -42,7 +42,7 @@ async def register_device(
 
 
 async def door_credentials(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     person: Person,
     device_id: str,
     door_id: str,
@@ -55,7 +55,7 @@ async def door_credentials(
     )
 
 
-async def get_jwks(client: AsyncTestClient) -> dict[str, Any]:  # type: ignore[type-arg]
+async def get_jwks(client: AppClient) -> dict[str, Any]:
     body: dict[str, Any] = check(await client.get("/.well-known/jwks.json"))
     return body
 
@@ -81,13 +81,13 @@ def verify(token: str, jwks: dict[str, Any], audience: str) -> dict[str, Any]:
     return claims
 
 
-async def sync(client: AsyncTestClient, kiosk: KioskIdentity) -> dict[str, Any]:  # type: ignore[type-arg]
+async def sync(client: AppClient, kiosk: KioskIdentity) -> dict[str, Any]:
     body: dict[str, Any] = check(await client.get("/v1/kiosk/sync", headers=kiosk.headers()))
     return body
 
 
 async def audit(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     staff: Person,
     property_id: str,
     type_: str | None = None,
@@ -131,7 +131,7 @@ def decision(seq: int, jti: str, target: str, **extra: Any) -> dict[str, Any]:
 
 
 async def upload(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     kiosk: KioskIdentity,
     entries: list[dict[str, Any]],
 ) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from typing import Any
 import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from litestar.testing import AsyncTestClient
 
 from backend.crypto import b64url
 from backend.runtime import Runtime
@@ -19,6 +18,7 @@ from backend.services.events import record_event
 from backend.settings import Settings
 from push.dispatcher import Dispatcher
 from push.senders import FcmSender
+from tests.app_client import AppClient
 from tests.conftest import make_settings
 from tests.push_fake_fcm import FakeFcm
 from tests.world import Person, check
@@ -65,7 +65,7 @@ async def dispatcher_with(runtime: Runtime, **overrides: Any) -> tuple[Dispatche
 
 
 async def add_device(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     person: Person,
     push_token: str | None,
     platform: str = "android",
@@ -90,7 +90,7 @@ async def record(runtime: Runtime, **fields: Any) -> int:
 
 
 async def notifications(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     staff: Person,
     property_id: str,
     **params: str,
@@ -107,7 +107,7 @@ async def notifications(
 
 
 async def notification_for(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     staff: Person,
     property_id: str,
     event_id: int,

@@ -7,15 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
-from litestar.testing import AsyncTestClient
 
 from backend.settings import Settings
+from tests.app_client import AppClient
 from tests.world import PASSWORD, World, check
 
 DEVICE_KEY = base64.urlsafe_b64encode(bytes(range(32))).rstrip(b"=").decode()
 
 
-async def test_login_me_and_token_shape(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_login_me_and_token_shape(client: AppClient, world: World) -> None:
     resident = world.home.people["resident"]
     body = check(
         await client.post("/v1/auth/token", json={"email": resident.email, "password": PASSWORD})
@@ -35,7 +35,7 @@ async def test_login_me_and_token_shape(client: AsyncTestClient, world: World) -
     ]
 
 
-async def test_wrong_password_is_401_problem(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_wrong_password_is_401_problem(client: AppClient, world: World) -> None:
     response = await client.post(
         "/v1/auth/token", json={"email": world.home.people["resident"].email, "password": "nope"}
     )
@@ -44,9 +44,7 @@ async def test_wrong_password_is_401_problem(client: AsyncTestClient, world: Wor
     assert response.json()["code"] == "invalid_credentials"
 
 
-async def test_unknown_email_looks_like_wrong_password(
-    client: AsyncTestClient, world: World
-) -> None:  # type: ignore[type-arg]
+async def test_unknown_email_looks_like_wrong_password(client: AppClient, world: World) -> None:  # type: ignore[type-arg]
     response = await client.post(
         "/v1/auth/token", json={"email": "ghost@example.test", "password": "x"}
     )
@@ -54,7 +52,7 @@ async def test_unknown_email_looks_like_wrong_password(
 
 
 async def test_login_throttled_per_account_even_with_right_password(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     settings: Settings,
 ) -> None:
@@ -69,7 +67,7 @@ async def test_login_throttled_per_account_even_with_right_password(
 
 
 async def test_login_throttled_per_client_address(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     settings: Settings,
 ) -> None:
@@ -83,9 +81,7 @@ async def test_login_throttled_per_client_address(
     assert response.status_code == 429
 
 
-async def test_refresh_rotates_and_reuse_revokes_family(
-    client: AsyncTestClient, world: World
-) -> None:  # type: ignore[type-arg]
+async def test_refresh_rotates_and_reuse_revokes_family(client: AppClient, world: World) -> None:  # type: ignore[type-arg]
     resident = world.home.people["resident"]
     first = check(
         await client.post("/v1/auth/refresh", json={"refresh_token": resident.refresh_token})
@@ -98,7 +94,7 @@ async def test_refresh_rotates_and_reuse_revokes_family(
     assert after.status_code == 401 and after.json()["code"] == "invalid_refresh_token"
 
 
-async def test_logout_revokes_family(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_logout_revokes_family(client: AppClient, world: World) -> None:
     staff = world.home.people["staff"]
     assert (
         await client.post("/v1/auth/logout", json={"refresh_token": staff.refresh_token})
@@ -116,9 +112,7 @@ async def test_logout_revokes_family(client: AsyncTestClient, world: World) -> N
         ("none_alg", "invalid_token"),
     ],
 )
-async def test_bad_access_tokens(
-    client: AsyncTestClient, world: World, mutate: str, code: str
-) -> None:  # type: ignore[type-arg]
+async def test_bad_access_tokens(client: AppClient, world: World, mutate: str, code: str) -> None:  # type: ignore[type-arg]
     resident = world.home.people["resident"]
     now = datetime.now(UTC)
     claims = {
@@ -145,7 +139,7 @@ async def test_bad_access_tokens(
     assert response.json()["code"] == code
 
 
-async def _expired_token(client: AsyncTestClient, world: World) -> str:  # type: ignore[type-arg]
+async def _expired_token(client: AppClient, world: World) -> str:
     from backend.auth import issue_access_token
 
     runtime = client.app.state.runtime  # only its key is used: no I/O on the app's loop
@@ -154,12 +148,12 @@ async def _expired_token(client: AsyncTestClient, world: World) -> str:  # type:
     )
 
 
-async def test_missing_token_is_401(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_missing_token_is_401(client: AppClient, world: World) -> None:
     response = await client.get("/v1/me")
     assert response.status_code == 401 and response.json()["code"] == "not_authenticated"
 
 
-async def test_invitation_code_is_single_use(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_invitation_code_is_single_use(client: AppClient, world: World) -> None:
     staff = world.home.people["staff"]
     invitation = check(
         await client.post(
@@ -187,7 +181,7 @@ async def test_invitation_code_is_single_use(client: AsyncTestClient, world: Wor
     ],
 )
 async def test_invitation_validation(
-    client: AsyncTestClient, world: World, body: dict, field: str | None
+    client: AppClient, world: World, body: dict, field: str | None
 ) -> None:  # type: ignore[type-arg]
     response = await client.post(
         f"/v1/staff/properties/{world.home.property_id}/invitations",
@@ -201,7 +195,7 @@ async def test_invitation_validation(
         assert field in problem["detail"]
 
 
-async def test_device_registration_and_ownership(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_device_registration_and_ownership(client: AppClient, world: World) -> None:
     resident = world.home.people["resident"]
     device = check(
         await client.post(
@@ -233,7 +227,7 @@ async def test_device_registration_and_ownership(client: AsyncTestClient, world:
         {"platform": "ios", "public_key": DEVICE_KEY, "unknown": True},
     ],
 )
-async def test_device_bad_input(client: AsyncTestClient, world: World, body: dict) -> None:  # type: ignore[type-arg]
+async def test_device_bad_input(client: AppClient, world: World, body: dict) -> None:
     response = await client.post(
         "/v1/devices", json=body, headers=world.home.people["resident"].headers
     )
@@ -241,7 +235,7 @@ async def test_device_bad_input(client: AsyncTestClient, world: World, body: dic
     assert response.json()["code"] == "validation_error"
 
 
-async def test_member_removal_cuts_access_at_once(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_member_removal_cuts_access_at_once(client: AppClient, world: World) -> None:
     home = world.home
     resident = home.people["resident"]
     response = await client.delete(

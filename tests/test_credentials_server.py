@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from backend.app import create_app
 from backend.crypto import b64url, load_kek, unseal
@@ -23,6 +22,7 @@ from backend.runtime import Runtime
 from backend.services import signing_keys
 from backend.settings import Settings
 from kiosk.credential import CRED_TYP
+from tests.app_client import AppClient
 from tests.conftest import make_settings
 from tests.credentials_helpers import (
     door_credentials,
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 JWK_FIELDS = {"kty", "crv", "x", "kid", "alg", "use", "status", "purpose"}
 
 
-async def test_jwks_is_public_and_has_active_and_next_keys(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_jwks_is_public_and_has_active_and_next_keys(client: AppClient) -> None:
     response = await client.get("/.well-known/jwks.json")
     body = check(response)
     assert "max-age" in response.headers.get("cache-control", "")
@@ -63,7 +63,7 @@ async def test_jwks_is_public_and_has_active_and_next_keys(client: AsyncTestClie
 
 
 async def test_resident_gets_a_door_credential_bound_to_device_and_kiosk(
-    world: World, client: AsyncTestClient
+    world: World, client: AppClient
 ) -> None:  # type: ignore[type-arg]
     resident = world.home.people["resident"]
     device_id, device_key = await register_device(client, resident)
@@ -93,7 +93,7 @@ async def test_resident_gets_a_door_credential_bound_to_device_and_kiosk(
     assert again["credentials"][0]["id"] != item["id"]
 
 
-async def _units_door(client: AsyncTestClient, world: World, unit: str) -> str:  # type: ignore[type-arg]
+async def _units_door(client: AppClient, world: World, unit: str) -> str:
     staff = world.home.people["staff"]
     door = check(
         await client.post(
@@ -111,7 +111,7 @@ async def _units_door(client: AsyncTestClient, world: World, unit: str) -> str: 
     return str(door["id"])
 
 
-async def test_units_door_and_staff_door(world: World, client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_units_door_and_staff_door(world: World, client: AppClient) -> None:
     garage = await _units_door(client, world, "4B")
     resident, neighbour = world.home.people["resident"], world.home.people["neighbour"]
     device_id, _ = await register_device(client, resident)
@@ -137,7 +137,7 @@ async def test_units_door_and_staff_door(world: World, client: AsyncTestClient) 
 )
 async def test_door_refused_to_intruders(
     world: World,
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     intruder: str,
     status: int,
     code: str,
@@ -153,7 +153,7 @@ async def test_door_refused_to_intruders(
 
 
 async def test_device_of_another_user_or_removed_device_is_not_found(
-    world: World, client: AsyncTestClient
+    world: World, client: AppClient
 ) -> None:  # type: ignore[type-arg]
     resident, neighbour = world.home.people["resident"], world.home.people["neighbour"]
     neighbours_device, _ = await register_device(client, neighbour)
@@ -165,7 +165,7 @@ async def test_device_of_another_user_or_removed_device_is_not_found(
     assert check(response, 404)["code"] == "not_found"
 
 
-async def test_request_must_name_exactly_one_thing(world: World, client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_request_must_name_exactly_one_thing(world: World, client: AppClient) -> None:
     resident = world.home.people["resident"]
     device_id, _ = await register_device(client, resident)
     for body in (
@@ -182,7 +182,7 @@ async def test_request_must_name_exactly_one_thing(world: World, client: AsyncTe
 
 
 async def test_offline_batch_is_bounded_and_longer_lived(
-    world: World, client: AsyncTestClient, settings: Settings
+    world: World, client: AppClient, settings: Settings
 ) -> None:  # type: ignore[type-arg]
     resident = world.home.people["resident"]
     device_id, _ = await register_device(client, resident)
@@ -230,7 +230,7 @@ async def _private_keys_async(settings: Settings) -> tuple[list[str], list[str]]
 
 
 async def test_private_keys_never_leave_the_server(
-    world: World, client: AsyncTestClient, settings: Settings
+    world: World, client: AppClient, settings: Settings
 ) -> None:  # type: ignore[type-arg]
     resident = world.home.people["resident"]
     device_id, _ = await register_device(client, resident)
@@ -283,7 +283,7 @@ def _by_status(jwks: dict[str, Any], purpose: str = "credential") -> dict[str, l
 
 
 async def test_rotation_publishes_next_before_it_signs_and_keeps_retiring(
-    world: World, client: AsyncTestClient, settings: Settings
+    world: World, client: AppClient, settings: Settings
 ) -> None:  # type: ignore[type-arg]
     resident = world.home.people["resident"]
     device_id, _ = await register_device(client, resident)
@@ -315,19 +315,19 @@ async def test_rotation_publishes_next_before_it_signs_and_keeps_retiring(
 
 
 @pytest.fixture
-async def short_lived(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient, World, Settings]]:  # type: ignore[type-arg]
+async def short_lived(tmp_path: Path) -> AsyncIterator[tuple[AppClient, World, Settings]]:
     from backend.migrate import upgrade
     from tests.databases import sqlite_url
 
     url = sqlite_url(tmp_path)
     await asyncio.to_thread(upgrade, url)
     settings = make_settings(url, tmp_path / "var", credential_ttl_seconds=5, clock_skew_seconds=0)
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
+    async with AppClient(app=create_app(settings)) as test_client:
         yield test_client, await build_world(test_client, settings), settings
 
 
 async def test_retiring_key_is_dropped_once_its_credentials_expired(
-    short_lived: tuple[AsyncTestClient, World, Settings],
+    short_lived: tuple[AppClient, World, Settings],
 ) -> None:  # type: ignore[type-arg]
     client, world, settings = short_lived
     resident = world.home.people["resident"]
@@ -357,18 +357,18 @@ async def test_automatic_schedule_rotates_a_key_that_is_due(tmp_path: Path) -> N
     url = sqlite_url(tmp_path)
     await asyncio.to_thread(upgrade, url)
     settings = make_settings(url, tmp_path / "var", signing_key_rotation_days=30)
-    async with AsyncTestClient(app=create_app(settings)) as client:
+    async with AppClient(app=create_app(settings)) as client:
         first = _by_status(await get_jwks(client))
     # A process whose schedule says the key is due rotates it at startup.
     due = make_settings(url, tmp_path / "var", signing_key_rotation_days=0)
-    async with AsyncTestClient(app=create_app(due)) as client:
+    async with AppClient(app=create_app(due)) as client:
         second = _by_status(await get_jwks(client))
     assert second["active"] == first["next"]
     assert second["retiring"] == first["active"]
 
 
 async def test_a_process_with_another_key_encryption_key_refuses_cleanly(
-    world: World, client: AsyncTestClient, settings: Settings, tmp_path: Path
+    world: World, client: AppClient, settings: Settings, tmp_path: Path
 ) -> None:  # type: ignore[type-arg]
     from tests.world import login
 
@@ -380,7 +380,7 @@ async def test_a_process_with_another_key_encryption_key_refuses_cleanly(
     stranger = make_settings(
         settings.database_url, tmp_path / "other-var", signing_key_rotation_days=0
     )
-    async with AsyncTestClient(app=create_app(stranger)) as other:
+    async with AppClient(app=create_app(stranger)) as other:
         fresh = await login(other, resident.email)
         response = await door_credentials(other, fresh, device_id, world.home.door_id)
         assert check(response, 503)["code"] == "service_unavailable"
@@ -412,10 +412,7 @@ async def test_processes_starting_together_agree_on_one_key_set(settings: Settin
 
     async with AsyncExitStack() as stack:
         clients = await asyncio.gather(
-            *(
-                stack.enter_async_context(AsyncTestClient(app=create_app(settings)))
-                for _ in range(4)
-            )
+            *(stack.enter_async_context(AppClient(app=create_app(settings))) for _ in range(4))
         )
         documents = await asyncio.gather(*(get_jwks(c) for c in clients))
     assert all(d == documents[0] for d in documents)

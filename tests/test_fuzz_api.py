@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from litestar.testing import AsyncTestClient
 
 from backend.app import create_app
 from backend.migrate import upgrade
 from backend.settings import Settings
+from tests.app_client import AppClient
 from tests.conftest import make_settings
 from tests.databases import sqlite_url
 from tests.world import World, build_world
@@ -49,7 +49,7 @@ EXCLUDED = [
 
 
 async def _seed(settings: Settings) -> World:
-    async with AsyncTestClient(app=create_app(settings)) as client:
+    async with AppClient(app=create_app(settings)) as client:
         return await build_world(client, settings)
 
 

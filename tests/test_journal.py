@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from litestar.testing import AsyncTestClient
 
 from backend.services import journal
+from tests.app_client import AppClient
 from tests.credentials_helpers import (
     audit,
     decision,
@@ -22,7 +22,7 @@ from tests.credentials_helpers import (
 from tests.world import KioskIdentity, World, check, enroll_kiosk, public_key_b64
 
 
-async def _credential(client: AsyncTestClient, world: World) -> dict[str, Any]:  # type: ignore[type-arg]
+async def _credential(client: AppClient, world: World) -> dict[str, Any]:
     resident = world.home.people["resident"]
     device_id, _ = await register_device(client, resident)
     body = check(await door_credentials(client, resident, device_id, world.home.door_id), 201)
@@ -30,7 +30,7 @@ async def _credential(client: AsyncTestClient, world: World) -> dict[str, Any]: 
     return item
 
 
-async def test_resending_a_batch_stores_it_once(world: World, client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_resending_a_batch_stores_it_once(world: World, client: AppClient) -> None:
     kiosk = world.home.kiosk
     batch = [entry(1), entry(2, "door.opened", door_id=world.home.door_id), entry(3)]
     first = await upload(client, kiosk, batch)
@@ -44,7 +44,7 @@ async def test_resending_a_batch_stores_it_once(world: World, client: AsyncTestC
     assert (await sync(client, kiosk))["journal_accepted_through"] == 3
 
 
-async def test_gaps_are_reported_until_filled(world: World, client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_gaps_are_reported_until_filled(world: World, client: AppClient) -> None:
     kiosk = world.home.kiosk
     body = await upload(client, kiosk, [entry(s) for s in (1, 2, 5, 6, 9)])
     assert body["accepted_through"] == 2
@@ -60,7 +60,7 @@ async def test_gaps_are_reported_until_filled(world: World, client: AsyncTestCli
 
 
 async def test_redemption_marks_credential_and_records_event_once(
-    world: World, client: AsyncTestClient
+    world: World, client: AppClient
 ) -> None:  # type: ignore[type-arg]
     credential = await _credential(client, world)
     kiosk, staff = world.home.kiosk, world.home.people["staff"]
@@ -80,7 +80,7 @@ async def test_redemption_marks_credential_and_records_event_once(
 
 
 async def test_second_redemption_of_a_jti_is_a_double_spend(
-    world: World, client: AsyncTestClient
+    world: World, client: AppClient
 ) -> None:  # type: ignore[type-arg]
     credential = await _credential(client, world)
     kiosk, staff = world.home.kiosk, world.home.people["staff"]
@@ -102,7 +102,7 @@ async def test_second_redemption_of_a_jti_is_a_double_spend(
     assert len(await audit(client, staff, world.home.property_id, "credential.double_spent")) == 1
 
 
-async def test_same_seq_with_other_content_is_a_fork(world: World, client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_same_seq_with_other_content_is_a_fork(world: World, client: AppClient) -> None:
     credential = await _credential(client, world)
     kiosk, staff = world.home.kiosk, world.home.people["staff"]
     original = [entry(1), entry(2, "door.opened", door_id=world.home.door_id)]
@@ -128,7 +128,7 @@ async def test_same_seq_with_other_content_is_a_fork(world: World, client: Async
 
 async def test_a_re_enrolled_kiosk_starts_a_new_journal_not_a_fork(
     world: World,
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
 ) -> None:
     """A replaced kiosk computer is re-enrolled and starts its journal at seq 1 again: its
     entries are stored and take effect; the old computer's journal stays as it was."""
@@ -165,7 +165,7 @@ async def test_a_re_enrolled_kiosk_starts_a_new_journal_not_a_fork(
     assert refused.status_code == 401
 
 
-async def test_broken_hash_chain_is_a_fork(world: World, client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_broken_hash_chain_is_a_fork(world: World, client: AppClient) -> None:
     kiosk, staff = world.home.kiosk, world.home.people["staff"]
     await upload(client, kiosk, [entry(1), entry(2)])
     stranger = entry(3)
@@ -177,7 +177,7 @@ async def test_broken_hash_chain_is_a_fork(world: World, client: AsyncTestClient
 
 
 async def test_redemption_of_a_credential_revoked_while_offline_is_flagged(
-    world: World, client: AsyncTestClient
+    world: World, client: AppClient
 ) -> None:  # type: ignore[type-arg]
     credential = await _credential(client, world)
     kiosk, staff = world.home.kiosk, world.home.people["staff"]
@@ -198,7 +198,7 @@ async def test_redemption_of_a_credential_revoked_while_offline_is_flagged(
 
 
 async def test_denials_and_foreign_credentials_change_nothing(
-    world: World, client: AsyncTestClient
+    world: World, client: AppClient
 ) -> None:  # type: ignore[type-arg]
     credential = await _credential(client, world)
     staff = world.home.people["staff"]
@@ -210,7 +210,7 @@ async def test_denials_and_foreign_credentials_change_nothing(
 
 
 async def test_handlers_run_once_per_entry_and_failures_do_not_block(
-    world: World, client: AsyncTestClient
+    world: World, client: AppClient
 ) -> None:  # type: ignore[type-arg]
     calls: list[int] = []
 
@@ -233,9 +233,7 @@ async def test_handlers_run_once_per_entry_and_failures_do_not_block(
         del journal.JOURNAL_HANDLERS["test.failing"]
 
 
-async def test_journal_requires_a_valid_fresh_assertion(
-    world: World, client: AsyncTestClient
-) -> None:  # type: ignore[type-arg]
+async def test_journal_requires_a_valid_fresh_assertion(world: World, client: AppClient) -> None:  # type: ignore[type-arg]
     kiosk = world.home.kiosk
     headers = kiosk.headers()
     first = await client.post("/v1/kiosk/journal", json={"entries": [entry(1)]}, headers=headers)
@@ -250,9 +248,7 @@ async def test_journal_requires_a_valid_fresh_assertion(
     assert check(bad, 400)["code"] == "validation_error"
 
 
-async def test_emergency_credential_is_good_once_per_kiosk(
-    world: World, client: AsyncTestClient
-) -> None:  # type: ignore[type-arg]
+async def test_emergency_credential_is_good_once_per_kiosk(world: World, client: AppClient) -> None:  # type: ignore[type-arg]
     home = world.home
     staff = home.people["staff"]
     device_id, _ = await register_device(client, staff)

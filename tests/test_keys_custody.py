@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar.testing import AsyncTestClient
 
 from backend.runtime import Runtime
 from backend.settings import Settings
+from tests.app_client import AppClient
 from tests.processes import run_cli, settings_env
 from tests.vendor_support import (
     HOUR,
@@ -31,7 +31,7 @@ from tests.vendor_support import (
 )
 from tests.world import Site, World, check
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AppClient
 
 
 async def policy_run(settings: Settings, **overrides: Any) -> list[dict[str, Any]]:

@@ -7,15 +7,15 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from litestar.testing import AsyncTestClient
 
 from backend.db import Database
 from backend.settings import Settings
 from kiosk.assertion import public_key_b64, sign_assertion
+from tests.app_client import AppClient
 from tests.world import World, check
 
 
-async def test_valid_assertion_is_accepted_once(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_valid_assertion_is_accepted_once(client: AppClient, world: World) -> None:
     kiosk = world.home.kiosk
     headers = kiosk.headers()
     body = check(await client.post("/v1/kiosk/heartbeat", headers=headers))
@@ -88,9 +88,7 @@ FORGERIES = {
 
 
 @pytest.mark.parametrize("forgery", sorted(FORGERIES))
-async def test_forged_assertions_are_refused(
-    client: AsyncTestClient, world: World, forgery: str
-) -> None:  # type: ignore[type-arg]
+async def test_forged_assertions_are_refused(client: AppClient, world: World, forgery: str) -> None:  # type: ignore[type-arg]
     kiosk = world.home.kiosk
     token = FORGERIES[forgery](kiosk.key, kiosk.id)
     response = await client.post(
@@ -100,9 +98,7 @@ async def test_forged_assertions_are_refused(
     assert response.json()["code"] == "invalid_kiosk_assertion"
 
 
-async def test_hs256_signed_with_public_key_is_refused(
-    client: AsyncTestClient, world: World
-) -> None:  # type: ignore[type-arg]
+async def test_hs256_signed_with_public_key_is_refused(client: AppClient, world: World) -> None:  # type: ignore[type-arg]
     kiosk = world.home.kiosk
     secret = public_key_b64(kiosk.key).encode()
     token = jwt.encode(_claims(kiosk.id), secret, "HS256", headers={"typ": "kiosk-auth+jwt"})
@@ -112,19 +108,17 @@ async def test_hs256_signed_with_public_key_is_refused(
     assert response.status_code == 401
 
 
-async def test_missing_assertion(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_missing_assertion(client: AppClient, world: World) -> None:
     response = await client.post("/v1/kiosk/heartbeat")
     assert response.status_code == 401 and response.json()["code"] == "invalid_kiosk_assertion"
 
 
-async def test_user_access_token_is_not_a_kiosk_assertion(
-    client: AsyncTestClient, world: World
-) -> None:  # type: ignore[type-arg]
+async def test_user_access_token_is_not_a_kiosk_assertion(client: AppClient, world: World) -> None:  # type: ignore[type-arg]
     response = await client.post("/v1/kiosk/heartbeat", headers=world.home.people["staff"].headers)
     assert response.status_code == 401
 
 
-async def test_enrollment_code_is_single_use(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_enrollment_code_is_single_use(client: AppClient, world: World) -> None:
     staff = world.home.people["staff"]
     created = check(
         await client.post(
@@ -154,9 +148,7 @@ async def test_enrollment_code_is_single_use(client: AsyncTestClient, world: Wor
     assert listed["enrolled"] is True and "public_key" not in listed
 
 
-async def test_expired_enrollment_code(
-    client: AsyncTestClient, world: World, settings: Settings
-) -> None:  # type: ignore[type-arg]
+async def test_expired_enrollment_code(client: AppClient, world: World, settings: Settings) -> None:  # type: ignore[type-arg]
     from datetime import UTC, datetime, timedelta
 
     from sqlmodel import select
@@ -193,7 +185,7 @@ async def test_expired_enrollment_code(
 
 @pytest.mark.parametrize("public_key", ["", "short", "A" * 43 + "!", "AAAA" * 11])
 async def test_enrollment_rejects_bad_keys(
-    client: AsyncTestClient, world: World, public_key: str
+    client: AppClient, world: World, public_key: str
 ) -> None:  # type: ignore[type-arg]
     response = await client.post(
         "/v1/kiosk/enroll", json={"enrollment_code": "X", "public_key": public_key}

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from litestar.testing import AsyncTestClient
 
 from kiosk import agent
 from kiosk.assertion import public_key_b64, sign_assertion
 from kiosk.client import ServerClient
 from kiosk.credential import make_presentation
 from kiosk.state import KioskState
+from tests.app_client import AppClient
 from tests.world import Person, World, check
 
 
@@ -40,7 +40,7 @@ BATCHES = 20  # x 10 credentials per offline batch = 200 grants, plus denials
 DAY = 86400.0
 
 
-async def _device(client: AsyncTestClient, person: Person) -> tuple[str, Ed25519PrivateKey]:  # type: ignore[type-arg]
+async def _device(client: AppClient, person: Person) -> tuple[str, Ed25519PrivateKey]:
     key = Ed25519PrivateKey.generate()
     device = check(
         await client.post(
@@ -53,7 +53,7 @@ async def _device(client: AsyncTestClient, person: Person) -> tuple[str, Ed25519
     return device["id"], key
 
 
-async def _audit(client: AsyncTestClient, staff: Person, property_id: str) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+async def _audit(client: AppClient, staff: Person, property_id: str) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     after = 0
     while True:
@@ -74,7 +74,7 @@ def _payload(event: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_kiosk_offline_for_a_day_then_back(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     tmp_path: Path,
 ) -> None:

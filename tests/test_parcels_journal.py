@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
-from litestar.testing import AsyncTestClient
 
 from backend.runtime import Runtime
 from backend.settings import Settings
 from kiosk.store import GENESIS_HASH, entry_hash
+from tests.app_client import AppClient
 from tests.credentials_helpers import register_device
 from tests.test_parcels_lifecycle import audit_events, compartment_states, deliver, deposit
 from tests.world import Site, World, check
@@ -43,9 +43,7 @@ class Journal:
         self.entries.append(entry)
         return entry
 
-    async def upload(
-        self, client: AsyncTestClient, entries: list[dict[str, Any]] | None = None
-    ) -> Any:  # type: ignore[type-arg]
+    async def upload(self, client: AppClient, entries: list[dict[str, Any]] | None = None) -> Any:  # type: ignore[type-arg]
         return check(
             await client.post(
                 "/v1/kiosk/journal",
@@ -55,7 +53,7 @@ class Journal:
         )
 
 
-async def parcels_of(client: AsyncTestClient, site: Site, **filters: str) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+async def parcels_of(client: AppClient, site: Site, **filters: str) -> list[dict[str, Any]]:
     query = "&".join(f"{k}={v}" for k, v in filters.items())
     body = check(
         await client.get(
@@ -67,7 +65,7 @@ async def parcels_of(client: AsyncTestClient, site: Site, **filters: str) -> lis
 
 
 async def test_offline_intake_is_reconciled_and_conflicts_reach_staff(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     site = world.home
@@ -164,7 +162,7 @@ async def test_offline_intake_is_reconciled_and_conflicts_reach_staff(
 
 
 async def test_pin_hashes_are_derived_after_the_deposit_once_per_pin(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     settings: Settings,
 ) -> None:
@@ -199,7 +197,7 @@ async def test_pin_hashes_are_derived_after_the_deposit_once_per_pin(
     assert not parcel_service.check_pin_hash(stored, "000000" if pin != "000000" else "111111")
 
 
-async def test_offline_pin_pickup_from_journal(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_offline_pin_pickup_from_journal(client: AppClient, world: World) -> None:
     site = world.home
     parcel = await deliver(client, site, size="S")
     await deposit(client, site, parcel["parcel_id"])
@@ -254,7 +252,7 @@ async def test_offline_pin_pickup_from_journal(client: AsyncTestClient, world: W
 
 
 async def test_pickup_with_app_credential_redeemed_at_kiosk(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     site = world.home
@@ -334,7 +332,7 @@ async def test_pickup_with_app_credential_redeemed_at_kiosk(
 
 
 async def test_reservation_then_offline_deposit_is_reconciled(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     """The network dropped between intake and the door closing: the kiosk journals the deposit;

@@ -8,8 +8,7 @@ import io
 import itertools
 from typing import Any
 
-from litestar.testing import AsyncTestClient
-
+from tests.app_client import AppClient
 from tests.world import Site, World, check
 
 _tracking = itertools.count(1)
@@ -20,7 +19,7 @@ def new_tracking() -> str:
 
 
 async def deliver(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     site: Site,
     *,
     unit: str = "4B",
@@ -36,7 +35,7 @@ async def deliver(
     )
 
 
-async def deposit(client: AsyncTestClient, site: Site, parcel_id: str) -> Any:  # type: ignore[type-arg]
+async def deposit(client: AppClient, site: Site, parcel_id: str) -> Any:
     return check(
         await client.post(
             f"/v1/kiosk/deliveries/{parcel_id}/deposited", json={}, headers=site.kiosk.headers()
@@ -44,7 +43,7 @@ async def deposit(client: AsyncTestClient, site: Site, parcel_id: str) -> Any:  
     )
 
 
-async def audit_events(client: AsyncTestClient, site: Site) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+async def audit_events(client: AppClient, site: Site) -> list[dict[str, Any]]:
     body = check(
         await client.get(
             f"/v1/staff/properties/{site.property_id}/audit?limit=1000",
@@ -54,7 +53,7 @@ async def audit_events(client: AsyncTestClient, site: Site) -> list[dict[str, An
     return list(body["items"])
 
 
-async def compartment_states(client: AsyncTestClient, site: Site) -> dict[str, str]:  # type: ignore[type-arg]
+async def compartment_states(client: AppClient, site: Site) -> dict[str, str]:
     body = check(
         await client.get(
             f"/v1/staff/kiosks/{site.kiosk.id}/compartments", headers=site.people["staff"].headers
@@ -63,7 +62,7 @@ async def compartment_states(client: AsyncTestClient, site: Site) -> dict[str, s
     return {c["label"]: c["state"] for c in body["items"]}
 
 
-async def test_intake_deposit_and_pin_pickup(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_intake_deposit_and_pin_pickup(client: AppClient, world: World) -> None:
     site = world.home
     resident, neighbour, staff = (site.people[k] for k in ("resident", "neighbour", "staff"))
     tracking = new_tracking()
@@ -157,7 +156,7 @@ async def test_intake_deposit_and_pin_pickup(client: AsyncTestClient, world: Wor
     assert history["items"][2]["data"]["channel"] == "pin"
 
 
-async def test_parcels_of_one_unit_open_together(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_parcels_of_one_unit_open_together(client: AppClient, world: World) -> None:
     site = world.home
     first = await deliver(client, site, size="S")
     second = await deliver(client, site, size="L", unit=" 4b ")  # labels are read leniently
@@ -183,7 +182,7 @@ async def test_parcels_of_one_unit_open_together(client: AsyncTestClient, world:
 
 
 async def test_smallest_fitting_compartment_and_no_compartment_fits(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     site = world.home
@@ -243,7 +242,7 @@ async def test_smallest_fitting_compartment_and_no_compartment_fits(
 
 
 async def test_no_fit_lists_larger_free_sizes_and_office_intake(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     site = world.home
@@ -286,7 +285,7 @@ async def test_no_fit_lists_larger_free_sizes_and_office_intake(
 
 
 async def test_free_sizes_names_larger_free_compartments(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     site = world.home
@@ -309,7 +308,7 @@ async def test_free_sizes_names_larger_free_compartments(
     assert body["free_sizes"] == ["M", "L", "XL"]
 
 
-async def test_overflow_return_and_staff_lists(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_overflow_return_and_staff_lists(client: AppClient, world: World) -> None:
     site = world.home
     staff, resident = site.people["staff"], site.people["resident"]
     one = await deliver(client, site, size="S")
@@ -394,7 +393,7 @@ async def test_overflow_return_and_staff_lists(client: AsyncTestClient, world: W
     ]
 
 
-async def test_occupancy_and_weekly_report(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_occupancy_and_weekly_report(client: AppClient, world: World) -> None:
     site = world.home
     staff = site.people["staff"]
     a = await deliver(client, site, size="S")

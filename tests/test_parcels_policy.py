@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from litestar.testing import AsyncTestClient
-
 from backend.runtime import Runtime
 from backend.services.policy import acquire_lease
 from backend.settings import Settings
+from tests.app_client import AppClient
 from tests.processes import concierge_env, settings_env
 from tests.test_parcels_lifecycle import audit_events, deliver, deposit
 from tests.world import Site, World, check
@@ -40,7 +39,7 @@ async def run_policy(settings: Settings) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-async def set_policy(client: AsyncTestClient, site: Site, **policy: Any) -> None:  # type: ignore[type-arg]
+async def set_policy(client: AppClient, site: Site, **policy: Any) -> None:
     check(
         await client.patch(
             f"/v1/staff/properties/{site.property_id}",
@@ -64,7 +63,7 @@ def parcel_actions(actions: list[dict[str, Any]], site: Site, kind: str) -> list
 
 
 async def test_reminders_quiet_hours_hold_and_overflow_list(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     settings: Settings,
 ) -> None:
@@ -146,7 +145,7 @@ async def test_reminders_quiet_hours_hold_and_overflow_list(
 
 
 async def test_abandoned_reservation_is_released(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     settings: Settings,
 ) -> None:

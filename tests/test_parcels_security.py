@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar.testing import AsyncTestClient
-
+from tests.app_client import AppClient
 from tests.test_parcels_lifecycle import (
     audit_events,
     compartment_states,
@@ -18,13 +17,13 @@ from tests.test_parcels_lifecycle import (
 from tests.world import Site, World, check
 
 
-async def waiting_parcel(client: AsyncTestClient, site: Site, size: str = "S") -> dict[str, Any]:  # type: ignore[type-arg]
+async def waiting_parcel(client: AppClient, site: Site, size: str = "S") -> dict[str, Any]:
     parcel: dict[str, Any] = await deliver(client, site, size=size)
     await deposit(client, site, parcel["parcel_id"])
     return parcel
 
 
-async def all_parcels(client: AsyncTestClient, site: Site) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+async def all_parcels(client: AppClient, site: Site) -> list[dict[str, Any]]:
     body = check(
         await client.get(
             f"/v1/staff/properties/{site.property_id}/parcels",
@@ -38,7 +37,7 @@ INTRUDERS = [("neighbour", "home"), ("vendor", "home"), ("resident", "other"), (
 
 
 async def test_phone_intruders_cannot_see_a_parcel(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     parcel = await waiting_parcel(client, world.home)
@@ -69,7 +68,7 @@ STAFF_ROUTES = [
 
 
 async def test_other_property_staff_get_not_found(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     parcel = await waiting_parcel(client, world.home)
@@ -92,7 +91,7 @@ async def test_other_property_staff_get_not_found(
 
 
 async def test_another_kiosk_cannot_confirm_or_cancel(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     parcel = await deliver(client, world.home, size="M")
@@ -119,7 +118,7 @@ async def test_another_kiosk_cannot_confirm_or_cancel(
 
 
 async def test_kiosk_cannot_post_for_a_compartment_of_another_kiosk(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     body = await deliver(
@@ -151,7 +150,7 @@ BAD_SCANS = [
 
 
 async def test_bad_scans_are_refused_and_nothing_is_written(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     site = world.home
@@ -169,7 +168,7 @@ async def test_bad_scans_are_refused_and_nothing_is_written(
 
 
 async def test_unauthenticated_kiosk_calls_are_refused(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     scan = {"carrier": "UPS", "tracking": new_tracking(), "unit": "4B", "size": "S"}
@@ -185,7 +184,7 @@ async def test_unauthenticated_kiosk_calls_are_refused(
 
 
 async def test_confirming_a_cancelled_delivery_conflicts(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     site = world.home
@@ -221,7 +220,7 @@ async def test_confirming_a_cancelled_delivery_conflicts(
     assert again["state"] == "assigned"
 
 
-async def test_duplicate_scans_are_one_parcel(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_duplicate_scans_are_one_parcel(client: AppClient, world: World) -> None:
     site = world.home
     tracking = new_tracking()
     first = await deliver(client, site, size="S", tracking=tracking)
@@ -251,7 +250,7 @@ async def test_duplicate_scans_are_one_parcel(client: AsyncTestClient, world: Wo
 
 
 async def test_concurrent_deliveries_never_share_a_compartment(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     site = world.home
@@ -294,7 +293,7 @@ async def test_concurrent_deliveries_never_share_a_compartment(
 
 
 async def test_pin_brute_force_locks_out_and_alerts_staff(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     site = world.home

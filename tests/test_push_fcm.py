@@ -14,7 +14,6 @@ from typing import Any
 import firebase_admin
 import pytest
 from firebase_admin import messaging
-from litestar.testing import AsyncTestClient
 from sqlmodel import col, select
 
 from backend.crypto import fingerprint
@@ -25,6 +24,7 @@ from push import messages as push_messages
 from push.dispatcher import Dispatcher, RoundReport
 from push.senders import SDK_FCM_URL, Outcome
 from tests import push_support
+from tests.app_client import AppClient
 from tests.push_fake_fcm import PROJECT, FakeFcm
 from tests.push_support import (
     add_device,
@@ -69,7 +69,7 @@ async def _deposit(runtime: Runtime, world: World, **payload_extra: str) -> int:
 
 
 async def test_deposit_sends_exactly_the_expected_fcm_request(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -133,7 +133,7 @@ async def test_deposit_sends_exactly_the_expected_fcm_request(
 
 
 async def test_door_alarm_goes_to_staff_time_sensitive(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -162,7 +162,7 @@ async def test_door_alarm_goes_to_staff_time_sensitive(
 
 
 async def test_unregistered_token_is_disabled_at_once_and_never_retried(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -204,7 +204,7 @@ async def test_unregistered_token_is_disabled_at_once_and_never_retried(
 
 
 async def test_503_beyond_the_sdk_retries_is_retried_by_us_then_delivered(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -242,7 +242,7 @@ async def test_503_beyond_the_sdk_retries_is_retried_by_us_then_delivered(
 
 
 async def test_429_retry_after_is_honoured(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -269,7 +269,7 @@ async def test_429_retry_after_is_honoured(
 
 
 async def test_retries_stop_at_max_age_and_staff_see_the_failure(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     fcm: FakeFcm,
@@ -307,7 +307,7 @@ async def test_retries_stop_at_max_age_and_staff_see_the_failure(
 
 
 async def test_a_worker_that_lost_its_lease_cannot_overwrite_the_newer_outcome(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -343,7 +343,7 @@ async def test_a_worker_that_lost_its_lease_cannot_overwrite_the_newer_outcome(
 
 @pytest.fixture
 async def event_id(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
 ) -> int:
@@ -366,7 +366,7 @@ class _PausingDispatcher(Dispatcher):
 
 
 async def test_working_out_recipients_holds_no_lock_the_server_would_wait_on(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -395,7 +395,7 @@ async def test_working_out_recipients_holds_no_lock_the_server_would_wait_on(
 
 
 async def test_a_worker_that_dies_mid_expansion_leaves_the_notification_to_others(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -420,7 +420,7 @@ async def test_a_worker_that_dies_mid_expansion_leaves_the_notification_to_other
 
 
 async def test_a_worker_whose_expansion_lease_ran_out_adds_no_second_delivery(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -448,7 +448,7 @@ async def test_a_worker_whose_expansion_lease_ran_out_adds_no_second_delivery(
 
 
 async def test_a_kiosk_deposit_through_the_api_pushes_to_the_unit(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     dispatcher: Dispatcher,
     fcm: FakeFcm,
@@ -509,7 +509,7 @@ def test_every_push_template_has_texts_in_every_locale() -> None:
 
 
 async def test_the_fcm_timeout_setting_bounds_a_hanging_call(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     fcm: FakeFcm,
@@ -538,7 +538,7 @@ async def test_the_fcm_timeout_setting_bounds_a_hanging_call(
 
 
 async def test_scheduled_visit_is_pushed_to_the_unit_and_the_vendor(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -572,7 +572,7 @@ async def test_scheduled_visit_is_pushed_to_the_unit_and_the_vendor(
 
 
 async def test_finished_notifications_are_pruned_after_the_retention(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,

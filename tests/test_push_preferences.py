@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from backend.runtime import Runtime
 from push.dispatcher import Dispatcher
 from tests import push_support
+from tests.app_client import AppClient
 from tests.push_fake_fcm import FakeFcm
 from tests.push_support import (
     add_device,
@@ -60,7 +60,7 @@ async def _parcel_event(runtime: Runtime, world: World, type: str, unit: str = "
 
 
 async def test_preferences_list_defaults_and_turn_off(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -119,7 +119,7 @@ async def test_preferences_list_defaults_and_turn_off(
     ],
 )
 async def test_invalid_preference_updates_are_rejected(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     body: dict[str, object],
 ) -> None:
@@ -130,7 +130,7 @@ async def test_invalid_preference_updates_are_rejected(
 
 
 async def test_staff_cannot_turn_off_security_alerts(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -175,7 +175,7 @@ async def test_staff_cannot_turn_off_security_alerts(
 
 
 async def test_quiet_hours_delay_reminders_but_never_alarms(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -208,7 +208,7 @@ async def test_quiet_hours_delay_reminders_but_never_alarms(
 
 
 async def test_a_reminder_retry_that_would_land_in_quiet_hours_waits_for_their_end(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -235,7 +235,7 @@ async def test_a_reminder_retry_that_would_land_in_quiet_hours_waits_for_their_e
 
 
 async def test_quiet_hours_can_be_switched_off_by_policy(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -256,7 +256,7 @@ async def test_quiet_hours_can_be_switched_off_by_policy(
 
 
 async def test_pushes_never_cross_tenants_or_units(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -301,7 +301,7 @@ async def test_pushes_never_cross_tenants_or_units(
 
 
 async def test_a_phone_registered_twice_gets_one_push(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -316,7 +316,7 @@ async def test_a_phone_registered_twice_gets_one_push(
 
 
 async def test_the_get_answer_can_be_sent_back_with_a_flag_flipped(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
 ) -> None:
     staff = world.home.people["staff"]
@@ -334,7 +334,7 @@ async def test_the_get_answer_can_be_sent_back_with_a_flag_flipped(
 
 
 async def test_events_older_than_the_max_age_are_not_pushed(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     dispatcher: Dispatcher,

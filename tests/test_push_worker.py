@@ -15,13 +15,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from litestar.testing import AsyncTestClient
 
 from backend.app import create_app
 from backend.crypto import fingerprint
 from backend.runtime import Runtime
 from backend.settings import Settings
 from tests import push_support
+from tests.app_client import AppClient
 from tests.push_fake_fcm import FakeFcm
 from tests.push_support import (
     add_device,
@@ -102,7 +102,7 @@ async def _delivery_states(client: Any, world: World) -> Counter[str]:
 
 
 async def test_worker_killed_mid_batch_loses_nothing(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     settings: Settings,
@@ -144,7 +144,7 @@ async def test_worker_killed_mid_batch_loses_nothing(
 
 
 async def test_two_workers_never_send_the_same_row_twice(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     settings: Settings,
@@ -175,7 +175,7 @@ async def test_two_workers_never_send_the_same_row_twice(
 
 
 async def test_worker_once_with_the_log_sender_logs_fingerprints_not_tokens(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     settings: Settings,
@@ -205,7 +205,7 @@ async def test_worker_once_with_the_log_sender_logs_fingerprints_not_tokens(
 
 
 async def test_the_server_runs_the_dispatcher_in_the_background(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     settings: Settings,
@@ -213,7 +213,7 @@ async def test_the_server_runs_the_dispatcher_in_the_background(
 ) -> None:
     await add_device(client, world.home.people["resident"], "token-resident")
     background = msgspec.structs.replace(settings, background_jobs=True, outbox_poll_seconds=0.1)
-    async with AsyncTestClient(app=create_app(background)):
+    async with AppClient(app=create_app(background)):
         [event_id] = await _deposits(runtime, world, 1)
         await asyncio.to_thread(fcm.wait_for, 1, 120)
 
@@ -227,7 +227,7 @@ async def test_the_server_runs_the_dispatcher_in_the_background(
 
 
 async def test_worker_runs_the_leased_jobs_for_servers_without_background_jobs(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     runtime: Runtime,
     settings: Settings,

@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from backend.app import create_app
 from backend.migrate import upgrade
 from backend.settings import Settings
+from tests.app_client import AppClient
 from tests.conftest import make_settings
 from tests.credentials_helpers import door_credentials, public_b64, register_device, sync
 from tests.databases import sqlite_url
 from tests.world import World, build_world, check
 
 
-async def _revoke(client: AsyncTestClient, staff: Any, **body: Any) -> Any:  # type: ignore[type-arg]
+async def _revoke(client: AppClient, staff: Any, **body: Any) -> Any:
     return await client.post(
         "/v1/staff/revocations", json={"reason": "test", **body}, headers=staff.headers
     )
@@ -30,7 +30,7 @@ def _entries(synced: dict[str, Any]) -> set[tuple[str, str]]:
     return {(e["kind"], e["id"]) for e in synced["revocations"]["entries"]}
 
 
-async def test_revoked_credential_appears_in_sync(world: World, client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_revoked_credential_appears_in_sync(world: World, client: AppClient) -> None:
     resident, staff = world.home.people["resident"], world.home.people["staff"]
     device_id, _ = await register_device(client, resident)
     body = check(await door_credentials(client, resident, device_id, world.home.door_id), 201)
@@ -49,7 +49,7 @@ async def test_revoked_credential_appears_in_sync(world: World, client: AsyncTes
 
 
 async def test_revoking_a_device_refuses_its_key_and_new_credentials(
-    world: World, client: AsyncTestClient
+    world: World, client: AppClient
 ) -> None:  # type: ignore[type-arg]
     resident, staff = world.home.people["resident"], world.home.people["staff"]
     device_id, device_key = await register_device(client, resident)
@@ -62,7 +62,7 @@ async def test_revoking_a_device_refuses_its_key_and_new_credentials(
 
 
 async def test_revoking_a_user_blocks_issuance_while_in_force(
-    world: World, client: AsyncTestClient
+    world: World, client: AppClient
 ) -> None:  # type: ignore[type-arg]
     resident, staff = world.home.people["resident"], world.home.people["staff"]
     device_id, _ = await register_device(client, resident)
@@ -77,7 +77,7 @@ async def test_revoking_a_user_blocks_issuance_while_in_force(
     check(await door_credentials(client, neighbour, other_device, world.home.door_id), 201)
 
 
-async def test_removing_a_member_revokes(world: World, client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_removing_a_member_revokes(world: World, client: AppClient) -> None:
     resident, staff = world.home.people["resident"], world.home.people["staff"]
     device_id, _ = await register_device(client, resident)
     check(await door_credentials(client, resident, device_id, world.home.door_id), 201)
@@ -93,7 +93,7 @@ async def test_removing_a_member_revokes(world: World, client: AsyncTestClient) 
 
 @pytest.mark.parametrize("what", ["credential_id", "device_id", "user_id"])
 async def test_staff_of_another_property_cannot_revoke(
-    world: World, client: AsyncTestClient, what: str
+    world: World, client: AppClient, what: str
 ) -> None:  # type: ignore[type-arg]
     resident = world.home.people["resident"]
     device_id, _ = await register_device(client, resident)
@@ -111,7 +111,7 @@ async def test_staff_of_another_property_cannot_revoke(
     assert response.status_code == 403
 
 
-async def test_revocation_needs_exactly_one_subject(world: World, client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_revocation_needs_exactly_one_subject(world: World, client: AppClient) -> None:
     staff = world.home.people["staff"]
     for body in ({}, {"user_id": "a", "device_id": "b"}):
         assert check(await _revoke(client, staff, **body), 400)["code"] == "validation_error"
@@ -122,16 +122,16 @@ async def test_revocation_needs_exactly_one_subject(world: World, client: AsyncT
 
 
 @pytest.fixture
-async def short_lived(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient, World, Settings]]:  # type: ignore[type-arg]
+async def short_lived(tmp_path: Path) -> AsyncIterator[tuple[AppClient, World, Settings]]:
     url = sqlite_url(tmp_path)
     await asyncio.to_thread(upgrade, url)
     settings = make_settings(url, tmp_path / "var", credential_ttl_seconds=5, clock_skew_seconds=0)
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
+    async with AppClient(app=create_app(settings)) as test_client:
         yield test_client, await build_world(test_client, settings), settings
 
 
 async def test_entries_drop_out_once_what_they_revoke_has_expired(
-    short_lived: tuple[AsyncTestClient, World, Settings],
+    short_lived: tuple[AppClient, World, Settings],
 ) -> None:  # type: ignore[type-arg]
     client, world, _ = short_lived
     resident, staff = world.home.people["resident"], world.home.people["staff"]
@@ -148,9 +148,7 @@ async def test_entries_drop_out_once_what_they_revoke_has_expired(
     assert later["revocations"]["version"] == listed["revocations"]["version"]
 
 
-async def test_staff_list_revocations_of_their_property(
-    world: World, client: AsyncTestClient
-) -> None:  # type: ignore[type-arg]
+async def test_staff_list_revocations_of_their_property(world: World, client: AppClient) -> None:  # type: ignore[type-arg]
     resident, staff = world.home.people["resident"], world.home.people["staff"]
     device_id, _ = await register_device(client, resident)
     body = check(await door_credentials(client, resident, device_id, world.home.door_id), 201)
@@ -170,9 +168,7 @@ async def test_staff_list_revocations_of_their_property(
     assert check(denied, 404)["code"] == "not_found"
 
 
-async def test_staff_see_the_issued_credential_record(
-    world: World, client: AsyncTestClient
-) -> None:  # type: ignore[type-arg]
+async def test_staff_see_the_issued_credential_record(world: World, client: AppClient) -> None:  # type: ignore[type-arg]
     resident, staff = world.home.people["resident"], world.home.people["staff"]
     device_id, _ = await register_device(client, resident)
     body = check(

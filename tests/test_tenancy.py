@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from litestar.testing import AsyncTestClient
 
+from tests.app_client import AppClient
 from tests.world import World, check
 
 # (who, method, path template, body, expected status, expected code)
@@ -76,7 +76,7 @@ def _who(world: World, who: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(("who", "method", "path", "body", "status", "code"), ATTACKS)
 async def test_attacks_are_refused(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     world: World,
     who: str,
     method: str,
@@ -106,7 +106,7 @@ async def test_attacks_are_refused(
     assert after["items"] == before["items"], "a refused request wrote to the audit trail"
 
 
-async def test_staff_lists_only_their_properties(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_staff_lists_only_their_properties(client: AppClient, world: World) -> None:
     listed = check(
         await client.get("/v1/staff/properties", headers=world.other.people["staff"].headers)
     )
@@ -118,7 +118,7 @@ async def test_staff_lists_only_their_properties(client: AsyncTestClient, world:
 
 
 async def test_door_with_other_propertys_kiosk_is_not_found(
-    client: AsyncTestClient, world: World
+    client: AppClient, world: World
 ) -> None:  # type: ignore[type-arg]
     response = await client.post(
         f"/v1/staff/properties/{world.home.property_id}/doors",
@@ -129,7 +129,7 @@ async def test_door_with_other_propertys_kiosk_is_not_found(
 
 
 async def test_invitation_to_other_propertys_unit_is_not_found(
-    client: AsyncTestClient, world: World
+    client: AppClient, world: World
 ) -> None:  # type: ignore[type-arg]
     response = await client.post(
         f"/v1/staff/properties/{world.home.property_id}/invitations",
@@ -143,7 +143,7 @@ async def test_invitation_to_other_propertys_unit_is_not_found(
     assert response.status_code == 404
 
 
-async def test_pagination_walks_every_unit(client: AsyncTestClient, world: World) -> None:  # type: ignore[type-arg]
+async def test_pagination_walks_every_unit(client: AppClient, world: World) -> None:
     home, staff = world.home, world.home.people["staff"]
     for label in ("2A", "2B", "3A"):
         check(

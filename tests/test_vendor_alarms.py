@@ -8,17 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-from litestar.testing import AsyncTestClient
 
 from backend.settings import Settings
 from kiosk.assertion import sign_assertion
+from tests.app_client import AppClient
 from tests.live_server import LiveServer, live, live_world  # noqa: F401  (fixtures)
 from tests.realtime_helpers import connect, recv, recv_event
 from tests.test_keys_custody import policy_job, policy_run
 from tests.vendor_support import KioskSim, events_of, my_events, phone_of, types
 from tests.world import World, check, enroll_kiosk, invite
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AppClient
 
 
 def by_type(events: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:

@@ -9,8 +9,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from litestar.testing import AsyncTestClient
-
+from tests.app_client import AppClient
 from tests.vendor_support import (
     HOUR,
     MINUTE,
@@ -27,7 +26,7 @@ from tests.vendor_support import (
 )
 from tests.world import World, check, invite
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AppClient
 
 
 async def _count_visits(client: Client, world: World) -> int:

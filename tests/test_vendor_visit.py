@@ -6,9 +6,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from litestar.testing import AsyncTestClient
-
 from backend.settings import Settings
+from tests.app_client import AppClient
 from tests.test_keys_custody import policy_job
 from tests.vendor_support import (
     HOUR,
@@ -27,7 +26,7 @@ from tests.vendor_support import (
 )
 from tests.world import World, check
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AppClient
 
 
 def at(value: str) -> datetime:

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from litestar.testing import AsyncTestClient
 
 from kiosk.assertion import public_key_b64
 from kiosk.credential import make_presentation
 from kiosk.store import KioskStore
 from kiosk.verifier import Decision, Verifier
+from tests.app_client import AppClient
 from tests.world import KioskIdentity, Person, Site, check
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AppClient
 
 
 def iso(moment: datetime) -> str:

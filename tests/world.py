@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from litestar.testing import AsyncTestClient
 
 from backend.runtime import Runtime
 from backend.services.accounts import create_admin
 from backend.settings import Settings
 from kiosk.assertion import public_key_b64, sign_assertion
+from tests.app_client import AppClient
 
 PASSWORD = "correct horse battery"
 _counter = itertools.count()
@@ -68,7 +68,7 @@ def check(response: Any, status: int = 200) -> Any:
     return response.json() if response.content else None
 
 
-async def login(client: AsyncTestClient, email: str, password: str = PASSWORD) -> Person:  # type: ignore[type-arg]
+async def login(client: AppClient, email: str, password: str = PASSWORD) -> Person:
     body = check(await client.post("/v1/auth/token", json={"email": email, "password": password}))
     me = check(
         await client.get("/v1/me", headers={"Authorization": f"Bearer {body['access_token']}"})
@@ -77,7 +77,7 @@ async def login(client: AsyncTestClient, email: str, password: str = PASSWORD) -
 
 
 async def invite(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: AppClient,
     inviter: Person,
     property_id: str,
     role: str,
@@ -110,7 +110,7 @@ async def invite(
 
 
 async def enroll_kiosk(
-    client: AsyncTestClient, staff: Person, property_id: str, name: str
+    client: AppClient, staff: Person, property_id: str, name: str
 ) -> KioskIdentity:  # type: ignore[type-arg]
     created = check(
         await client.post(
@@ -128,7 +128,7 @@ async def enroll_kiosk(
     return KioskIdentity(enrolled["kiosk_id"], property_id, key)
 
 
-async def build_site(client: AsyncTestClient, admin: Person, name: str) -> Site:  # type: ignore[type-arg]
+async def build_site(client: AppClient, admin: Person, name: str) -> Site:
     prop = check(
         await client.post(
             "/v1/staff/properties",
@@ -180,7 +180,7 @@ async def build_site(client: AsyncTestClient, admin: Person, name: str) -> Site:
     return site
 
 
-async def make_admin(client: AsyncTestClient, settings: Settings) -> Person:  # type: ignore[type-arg]
+async def make_admin(client: AppClient, settings: Settings) -> Person:
     email = f"admin{next(_counter)}@example.test"
     runtime = Runtime.create(settings)
     try:
@@ -191,7 +191,7 @@ async def make_admin(client: AsyncTestClient, settings: Settings) -> Person:  # 
     return await login(client, email)
 
 
-async def build_world(client: AsyncTestClient, settings: Settings) -> World:  # type: ignore[type-arg]
+async def build_world(client: AppClient, settings: Settings) -> World:
     admin = await make_admin(client, settings)
     home = await build_site(client, admin, "Home Towers")
     other = await build_site(client, admin, "Other Plaza")

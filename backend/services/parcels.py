@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func
+from sqlalchemy import case, func, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
@@ -325,6 +325,25 @@ async def _pick_compartment(
     return None if row is None else Pick(row[0], int(row[1]), int(row[2]))
 
 
+INTAKE_LOCK_CLASS = 0x5363616E  # advisory lock class ("Scan"); the object is the tracking's hash
+
+
+async def _serialise_scan(session: AsyncSession, kiosk_id: str, tracking: str) -> None:
+    """PostgreSQL: one intake at a time per (kiosk, tracking), until commit.
+
+    A kiosk that retries a scan while the first request is still running sends the same
+    parcel twice at once. Without this the second cannot see the first's parcel (not yet
+    committed) and, its compartment locked, looks for another, or answers that none fits.
+    Behind the lock it finds the committed parcel and answers it. (SQLite's write lock already
+    serialises every intake.)"""
+    if is_postgres(session):
+        await session.exec(
+            text("SELECT pg_advisory_xact_lock(:class, hashtext(:key))").bindparams(  # type: ignore[call-overload]
+                **{"class": INTAKE_LOCK_CLASS, "key": f"{kiosk_id}:{tracking}"}
+            )
+        )
+
+
 async def existing_parcel(session: AsyncSession, kiosk_id: str, tracking: str) -> Parcel | None:
     statement = select(Parcel).where(Parcel.kiosk_id == kiosk_id, Parcel.tracking == tracking)
     if is_postgres(session):
@@ -363,6 +382,7 @@ async def intake(
         raise errors.UnknownUnit(f"no unit {unit_label.strip()!r} at this property")
     if compartment_id is not None:
         await kiosk_compartment(session, kiosk, compartment_id)
+    await _serialise_scan(session, kiosk.id, tracking)
     existing = await existing_parcel(session, kiosk.id, tracking)
     if existing is not None and existing.state != "cancelled":
         if existing.unit_id != unit.id:
