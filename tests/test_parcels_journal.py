@@ -197,6 +197,41 @@ async def test_pin_hashes_are_derived_after_the_deposit_once_per_pin(
     assert not parcel_service.check_pin_hash(stored, "000000" if pin != "000000" else "111111")
 
 
+async def test_pin_hashes_wait_while_deposits_keep_arriving(
+    client: AppClient,
+    world: World,
+    settings: Settings,
+) -> None:
+    """The job holds back while a courier is at work (a deposit within the quiet window), up
+    to its maximum delay, then hashes; a sync meanwhile still gets every hash (derived on the
+    spot)."""
+
+    from backend.models.base import utcnow
+    from backend.services import parcels as parcel_service
+    from backend.services.pin_hasher import derive_due
+
+    site = world.home
+    parcel = await deliver(client, site, size="S")
+    await deposit(client, site, parcel["parcel_id"])
+    deposited = utcnow()
+    runtime = Runtime.create(settings)
+    parcel_service.register_runtime(runtime)
+    try:
+        busy = deposited + timedelta(seconds=0.5)
+        assert await derive_due(runtime, busy, quiet_seconds=60, max_delay_seconds=60) == 0
+        # Held back longer than the maximum delay: hashed even though deposits continue.
+        assert await derive_due(runtime, busy, quiet_seconds=60, max_delay_seconds=0) == 1
+        second = await deliver(client, site, size="M", unit="1A")
+        await deposit(client, site, second["parcel_id"])
+        assert await derive_due(runtime, utcnow(), quiet_seconds=60) == 0
+        # Quiet again: everything pending is hashed.
+        later = utcnow() + timedelta(seconds=2)
+        assert await derive_due(runtime, later, quiet_seconds=1) == 1
+        assert await derive_due(runtime, later, quiet_seconds=1) == 0
+    finally:
+        await runtime.db.dispose()
+
+
 async def test_offline_pin_pickup_from_journal(client: AppClient, world: World) -> None:
     site = world.home
     parcel = await deliver(client, site, size="S")
