@@ -34,31 +34,37 @@ def _epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-async def _device(session: AsyncSession, user_id: str, device_id: str) -> Device:
-    device = await session.get(Device, device_id)
+def _usable(device: Device | None, user_id: str) -> Device:
     if device is None or device.user_id != user_id or device.revoked_at is not None:
         raise errors.NotFound("Device not found")
     return device
 
 
-async def _check_not_revoked(
-    session: AsyncSession, user_id: str, property_ids: set[str], now: datetime
-) -> None:
-    """A user revoked at a property gets nothing there while the revocation is in force."""
-    live = (
-        await session.exec(
-            select(Revocation.id)
-            .where(
-                Revocation.kind == "user",
-                Revocation.match == user_id,
-                col(Revocation.property_id).in_(property_ids),
-                col(Revocation.expires_at) > now,
-            )
-            .limit(1)
+async def _device(session: AsyncSession, user_id: str, device_id: str) -> Device:
+    return _usable(await session.get(Device, device_id), user_id)
+
+
+async def _device_unless_revoked(
+    session: AsyncSession, user_id: str, device_id: str, property_ids: set[str], now: datetime
+) -> Device:
+    """The caller's own, unrevoked device, provided the caller's access is not revoked at any of
+    ``property_ids`` (a user revoked at a property gets nothing there while the revocation is in
+    force). One query for both: issuance is the hottest write of the phone API."""
+    revoked = (
+        select(Revocation.id)
+        .where(
+            Revocation.kind == "user",
+            Revocation.match == user_id,
+            col(Revocation.property_id).in_(property_ids),
+            col(Revocation.expires_at) > now,
         )
-    ).first()
-    if live is not None:
+        .exists()
+    )
+    row = (await session.exec(select(Device, revoked).where(Device.id == device_id))).first()
+    device = _usable(row[0] if row is not None else None, user_id)
+    if row is not None and row[1]:
         raise errors.AccessRevoked("Access to this property was revoked")
+    return device
 
 
 def _claims(
@@ -119,14 +125,15 @@ async def issue_for_grants(
     if offline is None:
         offline = count is not None and count > 1
     per_grant = count or 1
-    device = await _device(session, user_id, device_id)
     kiosks: dict[str, Kiosk] = {}
     for grant in grants:
         kiosk = kiosks.get(grant.kiosk_id) or await session.get(Kiosk, grant.kiosk_id)
         if kiosk is None:
             raise errors.NotFound("Kiosk not found")
         kiosks[kiosk.id] = kiosk
-    await _check_not_revoked(session, user_id, {k.property_id for k in kiosks.values()}, now)
+    device = await _device_unless_revoked(
+        session, user_id, device_id, {k.property_id for k in kiosks.values()}, now
+    )
     keep_loaded(session, *kiosks.values())  # the response names each kiosk's public key
     ttl = settings.offline_credential_ttl_seconds if offline else settings.credential_ttl_seconds
     now = now.astimezone(UTC).replace(microsecond=0)
@@ -191,8 +198,7 @@ async def issue_emergency(
     """One emergency credential (any door or compartment of the property), signed by the
     emergency-purpose key. Who may get one (and approval) is the caller's rule; the row
     carries ``.token``."""
-    device = await _device(session, user_id, device_id)
-    await _check_not_revoked(session, user_id, {property_id}, now)
+    device = await _device_unless_revoked(session, user_id, device_id, {property_id}, now)
     now = now.astimezone(UTC).replace(microsecond=0)
     expires_at = now + timedelta(seconds=ttl_seconds or runtime.settings.credential_ttl_seconds)
     if not_after is not None:

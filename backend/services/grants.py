@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import errors
 from backend.auth import Actor
-from backend.models import Door
+from backend.db import keep_loaded
+from backend.models import Door, Kiosk
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,18 @@ def door_role(actor: Actor, door: Door) -> str | None:
 async def door_grants(
     session: AsyncSession, actor: Actor, door_id: str, now: datetime
 ) -> list[Grant]:
-    """One grant for a door the caller has standing access to."""
-    door = await session.get(Door, door_id)
+    """One grant for a door the caller has standing access to. The door's kiosk comes in the
+    same query and stays loaded: issuance reads it next (audience, public key)."""
+    row = (
+        await session.exec(
+            select(Door, Kiosk)
+            .outerjoin(Kiosk, col(Kiosk.id) == Door.kiosk_id)
+            .where(Door.id == door_id)
+        )
+    ).first()
+    door = row[0] if row is not None else None
+    if row is not None:
+        keep_loaded(session, row[1])
     role = door_role(actor, door) if door is not None else None
     if door is None or role is None:
         raise errors.NotFound("Door not found")
