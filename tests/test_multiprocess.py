@@ -230,8 +230,10 @@ async def check_consistency(d: Deployment, trackings: list[str]) -> dict[str, st
 
 
 async def outbox_drained(d: Deployment) -> bool:
-    pending = await sql(d, "SELECT count(*) AS n FROM outbox WHERE state = 'pending'")
-    return bool(pending[0]["n"] == 0)
+    """No notification still due: none pending, none being delivered (sent, failed or skipped
+    are done)."""
+    due = await sql(d, "SELECT count(*) AS n FROM outbox WHERE state IN ('pending', 'delivering')")
+    return bool(due[0]["n"] == 0)
 
 
 async def chain_valid(api: Api, staff: Phone, property_id: str) -> None:
