@@ -232,6 +232,47 @@ async def test_pin_hashes_wait_while_deposits_keep_arriving(
         await runtime.db.dispose()
 
 
+async def test_a_sync_derives_a_bounded_number_of_pin_hashes_itself(
+    client: AppClient, world: World
+) -> None:
+    """With no job running, each sync derives at most ``SYNC_DERIVE_LIMIT`` PINs' slow hashes
+    (oldest deposit first), so a sync after a burst stays short; the next sync brings the rest."""
+    from backend.services.parcels import SYNC_DERIVE_LIMIT
+
+    site = world.home
+    staff = site.people["staff"]
+    units = [f"9{i:02d}" for i in range(SYNC_DERIVE_LIMIT + 2)]
+    for label in units:
+        check(
+            await client.post(
+                f"/v1/staff/properties/{site.property_id}/units",
+                json={"label": label},
+                headers=world.admin.headers,
+            ),
+            201,
+        )
+        check(
+            await client.post(
+                f"/v1/staff/kiosks/{site.kiosk.id}/compartments",
+                json={"label": f"Z{label}", "size": "S", "purpose": "parcel"},
+                headers=staff.headers,
+            ),
+            201,
+        )
+    deposited = []
+    for label in units:  # one parcel per unit: one PIN each
+        parcel = await deliver(client, site, size="S", unit=label)
+        await deposit(client, site, parcel["parcel_id"])
+        deposited.append(parcel["parcel_id"])
+
+    first = check(await client.get("/v1/kiosk/sync", headers=site.kiosk.headers()))
+    assert sorted(e["parcel_id"] for e in first["pin_hashes"]) == sorted(
+        deposited[:SYNC_DERIVE_LIMIT]
+    )
+    second = check(await client.get("/v1/kiosk/sync", headers=site.kiosk.headers()))
+    assert sorted(e["parcel_id"] for e in second["pin_hashes"]) == sorted(deposited)
+
+
 async def test_offline_pin_pickup_from_journal(client: AppClient, world: World) -> None:
     site = world.home
     parcel = await deliver(client, site, size="S")

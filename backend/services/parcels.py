@@ -625,30 +625,43 @@ async def assign_pin(session: AsyncSession, parcel: Parcel) -> None:
     parcel.pin_nonce = secrets.token_urlsafe(16)  # the slow hash follows (pin_hasher.py)
 
 
-async def derive_pin_hashes(session: AsyncSession, kiosk_id: str) -> None:
-    """Give every waiting parcel at the kiosk whose PIN has no slow hash yet its hash (one per
-    PIN: the parcels sharing a nonce share the hash). Normally the background job got there
-    first and this finds nothing to do."""
+SYNC_DERIVE_LIMIT = 8  # slow hashes a kiosk's sync derives itself, at most (about 0.4 s)
+
+
+async def derive_pin_hashes(
+    session: AsyncSession, kiosk_id: str, limit: int = SYNC_DERIVE_LIMIT
+) -> None:
+    """Give waiting parcels at the kiosk whose PIN has no slow hash yet their hash (one per
+    PIN: the parcels sharing a nonce share the hash), for at most ``limit`` PINs, oldest
+    deposit first. Normally the background job got there first and this finds nothing to do;
+    the limit keeps a sync during a burst (when the job holds back) from spending seconds of
+    CPU inside its transaction. The rest follow with the job or the next sync."""
     key = pin_key(session)
     if key is None:
         return
     waiting = (
         await session.exec(
-            select(Parcel).where(
+            select(Parcel)
+            .where(
                 Parcel.kiosk_id == kiosk_id,
                 col(Parcel.state).in_(WAITING_STATES),
                 col(Parcel.pin_nonce).is_not(None),
             )
+            .order_by(col(Parcel.deposited_at))
         )
     ).all()
     known = {p.pin_nonce: p.pin_hash for p in waiting if p.pin_hash is not None}
+    derived = 0
     for parcel in waiting:
         if parcel.pin_hash is not None or parcel.pin_nonce is None:
             continue
         digest = known.get(parcel.pin_nonce)
         if digest is None:
+            if derived == limit:
+                continue  # (a later parcel may still share a PIN derived above)
             digest = await asyncio.to_thread(hash_pin, pin_from_nonce(key, parcel.pin_nonce))
             known[parcel.pin_nonce] = digest
+            derived += 1
         parcel.pin_hash = digest
         session.add(parcel)
     await session.flush()
