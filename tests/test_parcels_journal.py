@@ -16,7 +16,7 @@ from kiosk.store import GENESIS_HASH, entry_hash
 from tests.app_client import AppClient
 from tests.credentials_helpers import register_device
 from tests.test_parcels_lifecycle import audit_events, compartment_states, deliver, deposit
-from tests.world import Site, World, check
+from tests.world import Site, World, add_compartment, check
 
 
 class Journal:
@@ -240,7 +240,6 @@ async def test_a_sync_derives_a_bounded_number_of_pin_hashes_itself(
     from backend.services.parcels import SYNC_DERIVE_LIMIT
 
     site = world.home
-    staff = site.people["staff"]
     units = [f"9{i:02d}" for i in range(SYNC_DERIVE_LIMIT + 2)]
     for label in units:
         check(
@@ -251,14 +250,7 @@ async def test_a_sync_derives_a_bounded_number_of_pin_hashes_itself(
             ),
             201,
         )
-        check(
-            await client.post(
-                f"/v1/staff/kiosks/{site.kiosk.id}/compartments",
-                json={"label": f"Z{label}", "size": "S", "purpose": "parcel"},
-                headers=staff.headers,
-            ),
-            201,
-        )
+        await add_compartment(client, site, f"Z{label}", "S")
     deposited = []
     for label in units:  # one parcel per unit: one PIN each
         parcel = await deliver(client, site, size="S", unit=label)

@@ -9,7 +9,7 @@ import itertools
 from typing import Any
 
 from tests.app_client import AppClient
-from tests.world import Site, World, check
+from tests.world import Site, World, add_compartment, check
 
 _tracking = itertools.count(1)
 
@@ -289,17 +289,9 @@ async def test_free_sizes_names_larger_free_compartments(
     world: World,
 ) -> None:
     site = world.home
-    staff = site.people["staff"]
     # A second M compartment that we fill, so M is full while L stays free... simpler: fill A1
     # and B1 and ask for S with compartment_id of a full one.
-    check(
-        await client.post(
-            f"/v1/staff/kiosks/{site.kiosk.id}/compartments",
-            json={"label": "D1", "size": "XL", "purpose": "parcel"},
-            headers=staff.headers,
-        ),
-        201,
-    )
+    await add_compartment(client, site, "D1", "XL")
     a1 = await deliver(client, site, size="S")
     assert a1["compartment"]["label"] == "A1"
     # Asking for A1 itself (taken) does not fit; larger free sizes are M, L, XL.

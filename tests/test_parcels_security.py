@@ -14,7 +14,7 @@ from tests.test_parcels_lifecycle import (
     deposit,
     new_tracking,
 )
-from tests.world import Site, World, check
+from tests.world import Site, World, add_compartment, check
 
 
 async def waiting_parcel(client: AppClient, site: Site, size: str = "S") -> dict[str, Any]:
@@ -254,16 +254,8 @@ async def test_concurrent_deliveries_never_share_a_compartment(
     world: World,
 ) -> None:
     site = world.home
-    staff = site.people["staff"]
     for i in range(7):
-        check(
-            await client.post(
-                f"/v1/staff/kiosks/{site.kiosk.id}/compartments",
-                json={"label": f"M{i}", "size": "M", "purpose": "parcel"},
-                headers=staff.headers,
-            ),
-            201,
-        )
+        await add_compartment(client, site, f"M{i}", "M")
     parcel_compartments = 3 + 7
     attempts = 14
     responses = await asyncio.gather(

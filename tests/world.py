@@ -196,3 +196,18 @@ async def build_world(client: AppClient, settings: Settings) -> World:
     home = await build_site(client, admin, "Home Towers")
     other = await build_site(client, admin, "Other Plaza")
     return World(admin, home, other)
+
+
+async def add_compartment(
+    client: AppClient, site: Site, label: str, size: str, purpose: str = "parcel"
+) -> str:
+    """A new compartment at the site's kiosk (by its staff); its id."""
+    created = check(
+        await client.post(
+            f"/v1/staff/kiosks/{site.kiosk.id}/compartments",
+            json={"label": label, "size": size, "purpose": purpose},
+            headers=site.people["staff"].headers,
+        ),
+        201,
+    )
+    return str(created["id"])
